@@ -1,0 +1,72 @@
+"""The Python API: the same operations as the CLI, with the same behaviour and errors.
+
+Example:
+    >>> from graftune import train, predict
+    >>> run = train("news.yaml", out="runs/news", overrides=["train.epochs=2"])
+    >>> predict("runs/news", texts=["The striker scored twice"])[0]["label"]
+    'sport'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from graftune.artifacts import FineTuned
+from graftune.config import Config, load_config, validate
+from graftune.data.readers import read_examples
+from graftune.errors import UserError
+from graftune.evaluation import classification_metrics
+from graftune.loop import predict_loader
+from graftune.pipeline import RunResult, eval_loader, resume_run, train_run
+from graftune.predict import load_run, predict_inputs, read_inputs
+from graftune.tasks import get_task
+
+
+def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
+          overwrite: bool = False, resume: bool = False, console: Console | None = None) -> RunResult:
+    """Fine-tune as the config says (a YAML path, a dict or a `Config`) into the run folder `out`."""
+    if resume:
+        return resume_run(out, console)
+    if isinstance(config, Config):
+        cfg = config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
+    elif isinstance(config, dict):
+        cfg = load_config(None, overrides, base=config) if overrides else validate(config)
+    else:
+        cfg = load_config(config, overrides)
+    return train_run(cfg, out, overwrite=overwrite, console=console)
+
+
+def load(run_dir: str | Path) -> FineTuned:
+    """Load a fine-tuned model from its run folder."""
+    return load_run(run_dir)
+
+
+def predict(run_dir: str | Path, files: list[str] | None = None,
+            texts: list[str] | None = None) -> list[dict[str, Any]]:
+    """Label and class probabilities for image/text files and raw texts."""
+    fine_tuned = load_run(run_dir)
+    return predict_inputs(fine_tuned, read_inputs(fine_tuned, list(files or []), list(texts or [])))
+
+
+def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = None,
+             label_column: str = "label", batch_size: int = 64) -> dict[str, Any]:
+    """Metrics of a saved run on new labelled data (class folders or CSV/JSONL)."""
+    from accelerate import Accelerator
+
+    from graftune.config import DataConfig, ModelConfig
+
+    fine_tuned = load_run(run_dir)
+    task = get_task(fine_tuned.task)
+    examples = read_examples(data, task.modality, "auto", input_column, label_column)
+    unknown = sorted({e.label for e in examples} - set(fine_tuned.labels))
+    if unknown:
+        raise UserError(f"{data}: labels {', '.join(unknown)} were not in the training data of {run_dir} "
+                        f"(it knows {', '.join(fine_tuned.labels)}).")
+    index = {label: i for i, label in enumerate(fine_tuned.labels)}
+    cfg = Config(task=task.name, model=ModelConfig(source="run"), data=DataConfig(train=str(data)))
+    cfg.train.eval_batch_size = batch_size
+    loader = eval_loader(cfg, task, fine_tuned.backbone, examples, index)
+    return classification_metrics(predict_loader(fine_tuned.model, loader, Accelerator()), fine_tuned.labels)

@@ -1,0 +1,167 @@
+"""The backbone contract every source fulfils, and the generic rule for layer groups.
+
+A backbone is a pre-trained body with its old head removed. It tells graftune:
+- `body(**inputs) -> features`: a (B, C, H, W) feature map, (B, T, D) token states or (B, D) vectors;
+- `feature_dim`: the width of those features (channels, hidden size);
+- `groups`: its parameters in depth order, stem first, so "freeze the first K groups" means the
+  same for a CNN, a vision transformer and a text encoder;
+- `preprocess`: what inputs the pre-trained model expects (image size, mean, std; tokenizer);
+- `default_pooling`: the pooling its pre-training used (mean for sentence-transformers, avg for CNNs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Modality = Literal["image", "text"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImagePreprocess:
+    """How the backbone wants its images: resized to `size`, scaled to [0, 1], then normalised."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "image", "size": self.size, "mean": list(self.mean), "std": list(self.std),
+                "crop_pct": self.crop_pct}
+
+
+@dataclass
+class TextPreprocess:
+    """How the backbone wants its texts: its own tokenizer, truncated to `max_length` tokens."""
+
+    tokenizer: Any
+    max_length: int = 256
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "text", "max_length": self.max_length}
+
+
+Preprocess = ImagePreprocess | TextPreprocess
+
+
+@dataclass
+class LayerGroup:
+    """A slice of the body in depth order: the unit of freezing and of layer-wise learning rates."""
+
+    name: str
+    params: list[str]
+
+
+@dataclass
+class Backbone:
+    """A pre-trained body ready for a new head (see the module docstring for the contract)."""
+
+    body: nn.Module
+    feature_dim: int
+    groups: list[LayerGroup]
+    preprocess: Preprocess
+    modality: Modality
+    default_pooling: str
+    source: str
+    # Writes what is needed to rebuild the architecture without the original source (HF config,
+    # tokenizer files) into a folder; `None` when the source spec alone is enough.
+    save_files: Callable[[Path], None] | None = None
+    # Whatever the source did to the original model (the classifier it removed, the layer it cut
+    # at), so a saved run rebuilds exactly the same body.
+    surgery: dict[str, Any] = field(default_factory=dict)
+
+    def example_inputs(self, batch: int = 2) -> dict[str, torch.Tensor]:
+        """A small batch in the body's input format, for shape probes and contract tests."""
+        if isinstance(self.preprocess, ImagePreprocess):
+            size = self.preprocess.size
+            return {"pixel_values": torch.randn(batch, 3, size, size)}
+        tokens = self.preprocess.tokenizer(["a short example", "another one"][:batch] * max(1, batch // 2),
+                                           return_tensors="pt", padding=True)
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def probe_feature_dim(body: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """Run one small batch through the body and read the feature width (channels or hidden size)."""
+    was_training = body.training
+    body.eval()
+    with torch.inference_mode():
+        out = body(**inputs)
+    body.train(was_training)
+    return int(out.shape[1] if out.dim() in (2, 4) else out.shape[-1])
+
+
+def generic_groups(body: nn.Module) -> list[LayerGroup]:
+    """Split any module into depth-ordered layer groups: stem, repeated blocks, tail.
+
+    The blocks are the run of consecutive sibling modules of one class (transformer layers, ResNet
+    stages, EfficientNet blocks) that covers the most parameters. Everything registered before the
+    first block is the stem, everything after the last block is the tail. Without such a run, each
+    top-level child holding parameters is a group.
+    """
+    names = [n for n, p in body.named_parameters()]
+    if not names:
+        return []
+    run = _largest_block_run(body)
+    if run is None:
+        return _children_groups(body)
+    prefixes = [f"{name}." for name in run]
+    block_params: list[list[str]] = [[n for n in names if n.startswith(prefix)] for prefix in prefixes]
+    first = names.index(block_params[0][0])
+    last = names.index(block_params[-1][-1])
+    inside = {n for block in block_params for n in block}
+    groups = []
+    stem = [n for n in names[:first] if n not in inside]
+    if stem:
+        groups.append(LayerGroup("stem", stem))
+    groups += [LayerGroup(name, params) for name, params in zip(run, block_params, strict=True)]
+    tail = [n for n in names[last + 1:] if n not in inside]
+    if tail:
+        groups.append(LayerGroup("tail", tail))
+    return groups
+
+
+def _param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _largest_block_run(body: nn.Module) -> list[str] | None:
+    best: tuple[int, int, list[str]] | None = None
+    for parent_name, parent in body.named_modules():
+        children = [(n, c) for n, c in parent.named_children() if _param_count(c) > 0]
+        run: list[tuple[str, nn.Module]] = []
+        for name, child in [*children, ("", None)]:
+            if child is not None and run and type(child) is type(run[-1][1]) and _is_composite(child):
+                run.append((name, child))
+                continue
+            if len(run) >= 2:
+                covered = sum(_param_count(c) for _, c in run)
+                full = [f"{parent_name}.{n}" if parent_name else n for n, _ in run]
+                if best is None or (covered, len(run)) > (best[0], best[1]):
+                    best = (covered, len(run), full)
+            run = [(name, child)] if child is not None and _is_composite(child) else []
+    return best[2] if best else None
+
+
+def _is_composite(module: nn.Module) -> bool:
+    return any(True for _ in module.children())
+
+
+def _children_groups(body: nn.Module) -> list[LayerGroup]:
+    groups = []
+    for name, child in body.named_children():
+        params = [f"{name}.{n}" for n, _ in child.named_parameters()]
+        if params:
+            groups.append(LayerGroup(name, params))
+    direct = [n for n, _ in body.named_parameters(recurse=False)]
+    if direct:
+        groups.insert(0, LayerGroup("stem", direct))
+    return groups

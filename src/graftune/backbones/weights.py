@@ -1,0 +1,44 @@
+"""Safe loading of weights files: safetensors, or torch.load(weights_only=True). Never pickle code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graftune.errors import UserError
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors or a torch file, unwrapping {"state_dict": ...} checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: weights file not found.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: object = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any decoding failure is the file's fault, not graftune's
+        raise UserError(f"{path}: cannot read weights ({str(err).splitlines()[0][:200]}). Save them with "
+                        "safetensors or torch.save(model.state_dict(), path).") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: expected a state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load weights strictly; on mismatch, name the missing and unexpected keys."""
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        missing = ", ".join(result.missing_keys[:5]) or "none"
+        unexpected = ", ".join(result.unexpected_keys[:5]) or "none"
+        raise UserError(f"{where}: weights do not match the model. Missing keys: {missing}"
+                        f"{' ...' if len(result.missing_keys) > 5 else ''}; unexpected keys: {unexpected}"
+                        f"{' ...' if len(result.unexpected_keys) > 5 else ''}.")

@@ -1,0 +1,228 @@
+"""Run configuration: pydantic models, YAML loading, `--set a.b=c` overrides, clear errors.
+
+A config names what to fine-tune (`model.source`), on what (`data`), how the new head looks (`head`),
+what stays frozen (`freeze`), and how to train (`optim`, `train`). Every key has a default except the
+task, the model source and the training data.
+
+Example:
+    >>> cfg = load_config("run.yaml", overrides=["train.epochs=5", "optim.lr=1e-4"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from graftune.errors import UserError, closest
+
+TaskName = Literal["image-classification", "text-classification"]
+TASKS: tuple[str, ...] = ("image-classification", "text-classification")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    source: str = Field(description="hf:ID_OR_DIR, timm:NAME, torchvision:NAME, module:pkg.mod:factory, "
+                                    "run:DIR, or a preset (minilm-l6, efficientnet-lite0)")
+    weights: str | None = Field(None, description="weights file for module: sources (.safetensors or .pt)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a module: factory")
+    trust_remote_code: bool = False
+
+
+class SplitConfig(Section):
+    val: float = Field(0.15, ge=0.0, lt=1.0)
+    test: float = Field(0.15, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    train: str
+    val: str | None = None
+    test: str | None = None
+    format: Literal["auto", "folder", "csv", "jsonl"] = "auto"
+    input_column: str | None = Field(None, description="column with the text or image path (auto: text/image/path)")
+    label_column: str = "label"
+    split: SplitConfig = SplitConfig()
+    max_length: int = Field(256, gt=0, description="token limit for text backbones")
+    image_size: int | None = Field(None, gt=0, description="input size; default: the backbone's own")
+    augment: bool = Field(True, description="random resized crop + horizontal flip on training images")
+
+
+class HeadConfig(Section):
+    pooling: Literal["auto", "mean", "max", "cls", "avg", "avgmax", "none"] = "auto"
+    hidden: list[int] = Field(default_factory=list, description="widths of hidden layers before the output")
+    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    replace: str | None = Field(None, description="name of the classifier module to remove (auto when unset)")
+    cut_at: str | None = Field(None, description="use this layer's output as the features; drop what follows")
+
+
+class FreezeConfig(Section):
+    body: str | int | list[str] = Field(
+        "none", description="all | none | K (first K layer groups) | list of parameter-name regexes")
+    batchnorm: Literal["frozen", "train"] = Field(
+        "frozen", description="frozen: BatchNorm in frozen layers keeps its running statistics")
+
+    @field_validator("body")
+    @classmethod
+    def _check_body(cls, value: str | int | list[str]) -> str | int | list[str]:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("the number of frozen layer groups cannot be negative")
+        return value
+
+
+class OptimConfig(Section):
+    lr: float | None = Field(None, gt=0, description="body learning rate; default depends on task and freezing")
+    head_lr: float | None = Field(None, gt=0, description="head learning rate; default: 10x lr, 1e-3 when frozen")
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class EarlyStopConfig(Section):
+    metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    patience: int | None = Field(3, ge=1, description="epochs without improvement before stopping; null: never")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    early_stopping: EarlyStopConfig = EarlyStopConfig()
+    progress: bool = True
+
+
+class Config(Section):
+    """A whole run. `graftune train` writes the resolved version to RUN/config.yaml."""
+
+    task: TaskName
+    model: ModelConfig
+    data: DataConfig
+    head: HeadConfig = HeadConfig()
+    freeze: FreezeConfig = FreezeConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from `base`), apply `key=value` overrides and validate."""
+    raw: dict[str, Any] = dict(base or {})
+    lines: dict[tuple[str, ...], int] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        raw, lines = _read_yaml(Path(path))
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return validate(raw, source=source, lines=lines)
+
+
+def validate(raw: dict[str, Any], source: str = "config", lines: dict[tuple[str, ...], int] | None = None) -> Config:
+    """Validate a plain dict into a `Config`, turning pydantic's report into a `UserError`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_describe(err, source, lines or {})) from None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(err, 'problem', err)}).") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the config must be a mapping of keys (task:, model:, data: ...).")
+    lines: dict[tuple[str, ...], int] = {}
+    _index_lines(node, (), lines)
+    return data, lines
+
+
+def _index_lines(node: Any, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _index_lines(value_node, key, out)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, for example train.epochs=5.")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    target = raw
+    for part in parts[:-1]:
+        child = target.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            target[part] = child
+        target = child
+    target[parts[-1]] = value
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Names of the fields of the section that `loc` points into."""
+    model: Any = Config
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return list(getattr(model, "model_fields", {}).keys())
+
+
+def _describe(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+    messages = []
+    for problem in err.errors():
+        loc = tuple(str(p) for p in problem["loc"])
+        key = ".".join(loc)
+        line = _nearest_line(loc, lines)
+        where = f"{source}:{line}" if line else source
+        if problem["type"] == "extra_forbidden":
+            hint = closest(loc[-1], _fields_at(loc[:-1]))
+            messages.append(f"{where}: unknown key '{key}'.{hint}")
+        elif problem["type"] == "missing":
+            messages.append(f"{where}: missing required key '{key}'.")
+        else:
+            messages.append(f"{where}: '{key}': {problem['msg']}.")
+    return "\n".join(messages)
+
+
+def _nearest_line(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None

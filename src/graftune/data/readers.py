@@ -1,0 +1,168 @@
+"""Readers for labelled examples: class folders (images or .txt texts) and CSV/JSONL tables.
+
+Every example remembers where it came from (`file` or `file:line`), so errors and the recorded split
+can point at it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from graftune.errors import UserError, closest
+
+Modality = Literal["image", "text"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled input: the text itself, or the path of an image file."""
+
+    input: str
+    label: str
+    where: str
+
+
+def read_examples(path: str | Path, modality: Modality, fmt: str = "auto", input_column: str | None = None,
+                  label_column: str = "label") -> list[Example]:
+    """Read every labelled example under `path` (a class-folder root, a .csv or a .jsonl file)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: data not found.")
+    fmt = _detect_format(path) if fmt == "auto" else fmt
+    if fmt == "folder":
+        examples = _read_folder(path, modality)
+    else:
+        examples = _read_table(path, fmt, modality, input_column, label_column)
+    if not examples:
+        raise UserError(f"{path}: no examples found. Expected class folders (ROOT/LABEL/file) or a CSV/JSONL file.")
+    return examples
+
+
+def split_folders(path: Path) -> dict[str, Path] | None:
+    """`ROOT/{train,val,test}/LABEL/...`: the user's own split, when the folder has that layout."""
+    if not path.is_dir():
+        return None
+    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    found = {SPLIT_NAMES[p.name.lower()]: p for p in subdirs if p.name.lower() in SPLIT_NAMES}
+    return found if "train" in found and len(found) == len(subdirs) else None
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    raise UserError(f"{path}: unknown data format '{suffix}'. Use a class-folder root, a .csv or a .jsonl file, "
+                    "or set data.format.")
+
+
+def _read_folder(root: Path, modality: Modality) -> list[Example]:
+    suffixes = IMAGE_SUFFIXES if modality == "image" else {".txt"}
+    examples = []
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise UserError(f"{root}: no class folders. Put each example in ROOT/LABEL/ (one folder per label).")
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                       and not p.name.startswith("."))
+        for file in files:
+            content = _read_text(file) if modality == "text" else _checked_image(file)
+            examples.append(Example(content, class_dir.name, str(file)))
+    return examples
+
+
+def _read_text(file: Path, where: str | None = None) -> str:
+    try:
+        text = file.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{file}: not UTF-8 text (byte {err.start}). Re-save the file as UTF-8.") from None
+    return _checked_text(text, where or str(file))
+
+
+def _checked_text(text: str, where: str) -> str:
+    if not text.strip():
+        raise UserError(f"{where}: empty text. Remove the example or give it content.")
+    return text
+
+
+def _checked_image(file: Path, where: str | None = None) -> str:
+    try:
+        with Image.open(file) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"{where or file}: cannot read image {file.name} ({err}). Remove or replace the file.") \
+            from None
+    return str(file)
+
+
+def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | None,
+                label_column: str) -> list[Example]:
+    rows = _csv_rows(path) if fmt == "csv" else _jsonl_rows(path)
+    examples = []
+    for line, row in rows:
+        where = f"{path}:{line}"
+        column = input_column or _guess_input_column(row, modality, path)
+        for key in (column, label_column):
+            if key not in row:
+                raise UserError(f"{where}: no column '{key}'.{closest(key, row)} Columns: {', '.join(row)}. "
+                                "Set data.input_column / data.label_column.")
+        label = row[label_column]
+        if label is None or str(label).strip() == "":
+            raise UserError(f"{where}: empty label in column '{label_column}'.")
+        value = "" if row[column] is None else str(row[column])
+        if modality == "text":
+            content = _checked_text(value, where)
+        else:
+            image = Path(value) if Path(value).is_absolute() else path.parent / value
+            content = _checked_image(image, where)
+        examples.append(Example(content, str(label).strip(), where))
+    return examples
+
+
+def _guess_input_column(row: dict[str, object], modality: Modality, path: Path) -> str:
+    candidates = ("text", "sentence", "content") if modality == "text" else ("image", "path", "file", "filename")
+    for name in candidates:
+        if name in row:
+            return name
+    raise UserError(f"{path}: cannot tell which column holds the {modality}s (columns: {', '.join(row)}). "
+                    "Set data.input_column.")
+
+
+def _csv_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise UserError(f"{path}: empty CSV file, expected a header line.")
+        for row in reader:
+            if None in row:
+                raise UserError(f"{path}:{reader.line_num}: more fields than the header has.")
+            rows.append((reader.line_num, dict(row)))
+    return rows
+
+
+def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+    rows = []
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}:{err.colno}: not valid JSON ({err.msg}).") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object per line.")
+        rows.append((number, row))
+    return rows

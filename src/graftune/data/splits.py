@@ -1,0 +1,65 @@
+"""Train / validation / test splits: the user's own, or a seeded stratified split recorded in the run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from sklearn.model_selection import train_test_split
+
+from graftune.data.readers import Example
+from graftune.errors import UserError
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+
+    def labels(self) -> list[str]:
+        """Class names in sorted order: index i of the head's output is labels()[i]."""
+        return sorted({e.label for e in self.train})
+
+    def record(self, seed: int | None) -> dict[str, object]:
+        """What the run writes to data_splits.json so the split can be checked and reproduced."""
+        return {"seed": seed, **{name: {"count": len(part), "items": [e.where for e in part]}
+                                 for name, part in (("train", self.train), ("val", self.val), ("test", self.test))}}
+
+
+def stratified_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:
+    """Split so every class keeps its share in train, val and test."""
+    counts = Counter(e.label for e in examples)
+    needed = 1 + (val > 0) + (test > 0)
+    for label, count in sorted(counts.items()):
+        if count < needed:
+            raise UserError(f"class '{label}' has {count} example(s); a stratified split into train/val/test needs "
+                            f"at least {needed} per class. Add examples, or give explicit val/test data.")
+    try:
+        rest, test_part = _split(examples, test, seed)
+        train_part, val_part = _split(rest, val / (1 - test), seed)
+    except ValueError as err:
+        raise UserError(f"cannot split {len(examples)} examples in {len(counts)} classes ({err}). "
+                        "Add examples or change data.split.val / data.split.test.") from None
+    return Splits(train_part, val_part, test_part)
+
+
+def _split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    if fraction <= 0:
+        return examples, []
+    labels = [e.label for e in examples]
+    keep, held = train_test_split(examples, test_size=fraction, random_state=seed, stratify=labels)
+    return list(keep), list(held)
+
+
+def check_labels(splits: Splits, where: dict[str, str]) -> None:
+    """Every label in val/test must exist in train: the head cannot predict a class it never saw."""
+    known = set(splits.labels())
+    if len(known) < 2:
+        raise UserError(f"{where.get('train', 'train data')}: found {len(known)} class(es); classification needs "
+                        "at least 2.")
+    for name, part in (("val", splits.val), ("test", splits.test)):
+        for example in part:
+            if example.label not in known:
+                raise UserError(f"{example.where}: label '{example.label}' in the {name} data does not appear in "
+                                "the training data. Add training examples of it or remove it.")

@@ -1,0 +1,23 @@
+"""Errors a user can cause and fix themselves.
+
+The CLI prints a `UserError` in one or two lines and exits with status 2; anything else is a bug in
+graftune and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A problem with the user's input: a config key, a data file, a model source, a run folder.
+
+    The message names the file, line or key involved and says what to do.
+    """
+
+
+def closest(word: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean X?' for the nearest choice, or '' when nothing is close."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{match[0]}'?" if match else ""

@@ -1,0 +1,226 @@
+"""One fine-tuning run from a validated config: data, backbone, surgery, freezing, training, test.
+
+Each step hands plain objects (examples, a module, parameter groups, loaders) to the next.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader
+
+from graftune.artifacts import load_weights, save_model_folder
+from graftune.backbones import Backbone, ImagePreprocess, TextPreprocess, load_backbone
+from graftune.checkpoint import has_checkpoint, load_checkpoint
+from graftune.config import Config, load_config
+from graftune.data.readers import Example, read_examples, split_folders
+from graftune.data.splits import Splits, check_labels, stratified_split
+from graftune.errors import UserError
+from graftune.evaluation import classification_metrics
+from graftune.fit import EpochSampler, FitState, Trainee, fit
+from graftune.freezing import apply_freeze, frozen_parameter_names, trainable_groups
+from graftune.loop import predict_loader
+from graftune.optim import build_optimizer, build_schedule, parameter_groups
+from graftune.plots import confusion_matrix_plot, learning_curves
+from graftune.rundir import RunDir
+from graftune.surgery import FineTuneModel, build_head, parameter_summary, resolve_pooling
+from graftune.tasks import Task, get_task
+
+
+@dataclass
+class RunResult:
+    """What `graftune.train` returns: the run folder and the test metrics."""
+
+    dir: Path
+    test: dict[str, Any]
+    best_epoch: int
+    epochs_run: int
+
+
+def train_run(cfg: Config, out: str | Path, overwrite: bool = False, console: Console | None = None) -> RunResult:
+    """Fine-tune as `cfg` says and write everything into the run folder `out`."""
+    run = RunDir(out)
+    run.create(overwrite=overwrite)
+    return _execute(cfg, run, resume=False, console=console or Console(stderr=True))
+
+
+def resume_run(out: str | Path, console: Console | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint, with its own resolved config."""
+    run = RunDir(out)
+    if not run.config.is_file():
+        raise UserError(f"{run.path}: no config.yaml here; not a graftune run to resume.")
+    return _execute(load_config(run.config), run, resume=True, console=console or Console(stderr=True))
+
+
+def _execute(cfg: Config, run: RunDir, resume: bool, console: Console) -> RunResult:
+    set_seed(cfg.train.seed)
+    task = get_task(cfg.task)
+    splits = load_splits(cfg, task)
+    labels = splits.labels()
+    backbone = prepare_backbone(cfg, task)
+    resolve_defaults(cfg, backbone)
+    if not resume:
+        run.config.write_text(cfg.to_yaml())
+        run.write_json(run.splits, splits.record(cfg.data.split.seed if cfg.data.val is None else None))
+    model = graft(cfg, backbone, len(labels))
+    summary = parameter_summary(model)
+    console.print(f"{backbone.source}: {summary['total']:,} parameters, {summary['trainable']:,} trainable, "
+                  f"{summary['frozen']:,} frozen; {len(backbone.groups)} layer groups; "
+                  f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test examples, "
+                  f"{len(labels)} classes")
+    trainee, test_loader = _prepare_training(cfg, task, backbone, model, splits, labels, summary["trainable"])
+    state = FitState()
+    if resume and has_checkpoint(run.last):
+        state_json = load_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
+                                     trainee.scheduler)
+        state = FitState(**state_json)
+        run.truncate_metrics(state.epoch)
+        console.print(f"resuming after epoch {state.epoch}")
+    if not state.stopped_early and state.epoch < cfg.train.epochs:
+        state = fit(trainee, cfg.train, run, state, console)
+    return _finish(cfg, run, trainee, test_loader, backbone, labels, state, console)
+
+
+def load_splits(cfg: Config, task: Task) -> Splits:
+    """Read train (and val/test, when given) and split what is missing, stratified by label."""
+    data = cfg.data
+
+    def read(path: str | Path) -> list[Example]:
+        return read_examples(path, task.modality, data.format, data.input_column, data.label_column)
+
+    folders = split_folders(Path(data.train)) if data.format in ("auto", "folder") else None
+    paths: dict[str, str | Path | None] = {"train": data.train, "val": data.val, "test": data.test}
+    if folders:
+        paths = {"train": folders["train"], "val": data.val or folders.get("val"),
+                 "test": data.test or folders.get("test")}
+    train = read(paths["train"])  # type: ignore[arg-type]
+    val = read(paths["val"]) if paths["val"] else None
+    test = read(paths["test"]) if paths["test"] else None
+    seed, val_frac, test_frac = data.split.seed, data.split.val, data.split.test
+    if val is None and test is None:
+        splits = stratified_split(train, val_frac, test_frac, seed)
+    elif val is None:
+        part = stratified_split(train, val_frac, 0.0, seed)
+        splits = Splits(part.train, part.val, test or [])
+    elif test is None:
+        part = stratified_split(train, 0.0, test_frac, seed)
+        splits = Splits(part.train, val, part.test)
+    else:
+        splits = Splits(train, val, test)
+    if not splits.val:
+        raise UserError("data: no validation examples. Give data.val or set data.split.val above 0.")
+    check_labels(splits, {k: str(v) for k, v in paths.items() if v})
+    return splits
+
+
+def prepare_backbone(cfg: Config, task: Task) -> Backbone:
+    backbone = load_backbone(cfg.model.source, weights=cfg.model.weights, kwargs=cfg.model.kwargs,
+                             replace=cfg.head.replace, cut_at=cfg.head.cut_at, image_size=cfg.data.image_size,
+                             trust_remote_code=cfg.model.trust_remote_code)
+    if backbone.modality != task.modality:
+        raise UserError(f"model.source: '{cfg.model.source}' is a {backbone.modality} model, but the task "
+                        f"'{cfg.task}' needs a {task.modality} model.")
+    if isinstance(backbone.preprocess, TextPreprocess):
+        backbone.preprocess.max_length = min(cfg.data.max_length, _token_limit(backbone))
+    return backbone
+
+
+def _token_limit(backbone: Backbone) -> int:
+    assert isinstance(backbone.preprocess, TextPreprocess)
+    limit = backbone.preprocess.tokenizer.model_max_length
+    return int(limit) if limit < 100_000 else 512
+
+
+def resolve_defaults(cfg: Config, backbone: Backbone) -> None:
+    """Fill learning rates left unset: 1e-3 for a head on a frozen body; smaller for a body that trains."""
+    body_frozen = cfg.freeze.body == "all"
+    if cfg.optim.lr is None:
+        cfg.optim.lr = 1e-3 if body_frozen else (5e-5 if backbone.modality == "text" else 3e-4)
+    if cfg.optim.head_lr is None:
+        cfg.optim.head_lr = cfg.optim.lr if body_frozen else min(1e-3, cfg.optim.lr * 20)
+    if cfg.head.pooling == "auto":
+        cfg.head.pooling = backbone.default_pooling  # type: ignore[assignment]
+
+
+def graft(cfg: Config, backbone: Backbone, num_classes: int) -> FineTuneModel:
+    """New head on the body, then the freeze the config asks for."""
+    pooling = resolve_pooling(cfg.head, backbone)
+    head = build_head(cfg.head, backbone.feature_dim, num_classes, pooling)
+    model = FineTuneModel(backbone.body, pooling, head, cfg.freeze.batchnorm)
+    apply_freeze(backbone.body, frozen_parameter_names(cfg.freeze.body, backbone.groups, backbone.body))
+    return model
+
+
+def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTuneModel, splits: Splits,
+                      labels: list[str], trainable: int) -> tuple[Trainee, Any]:
+    index = {label: i for i, label in enumerate(labels)}
+    train_items = [(e.input, index[e.label]) for e in splits.train]
+    sampler = EpochSampler(len(train_items), cfg.train.seed)
+    augment = cfg.data.augment and isinstance(backbone.preprocess, ImagePreprocess)
+    train_loader: Any = DataLoader(train_items, batch_size=cfg.train.batch_size, sampler=sampler,  # type: ignore[arg-type]
+                                   collate_fn=task.make_collate(backbone.preprocess, augment),
+                                   num_workers=cfg.train.num_workers)
+    val_loader, test_loader = (eval_loader(cfg, task, backbone, part, index) for part in (splits.val, splits.test))
+    assert cfg.optim.lr is not None and cfg.optim.head_lr is not None
+    groups = parameter_groups(model, backbone.groups, cfg.optim.lr, cfg.optim.head_lr, cfg.optim.weight_decay)
+    optimizer = build_optimizer(groups)
+    steps = cfg.train.epochs * -(-len(train_loader) // cfg.train.grad_accum)
+    scheduler = build_schedule(optimizer, cfg.optim.schedule, steps, cfg.optim.warmup_ratio)
+    accelerator = Accelerator(mixed_precision=_precision(cfg.train.mixed_precision),
+                              gradient_accumulation_steps=cfg.train.grad_accum)
+    model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, test_loader, scheduler)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    trainee = Trainee(model, optimizer, scheduler, accelerator, train_loader, val_loader, sampler, loss_fn,
+                      cfg.optim.grad_clip, trainable, trainable_groups(backbone.groups, backbone.body))
+    return trainee, test_loader
+
+
+def eval_loader(cfg: Config, task: Task, backbone: Backbone, examples: list[Example],
+                index: dict[str, int]) -> DataLoader[Any]:
+    items = [(e.input, index[e.label]) for e in examples]
+    return DataLoader(items, batch_size=cfg.train.eval_batch_size, shuffle=False,  # type: ignore[arg-type]
+                      collate_fn=task.make_collate(backbone.preprocess, False), num_workers=cfg.train.num_workers)
+
+
+def _precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _finish(cfg: Config, run: RunDir, trainee: Trainee, test_loader: Any, backbone: Backbone, labels: list[str],
+            state: FitState, console: Console) -> RunResult:
+    """Restore the best weights, score the test split, save the model folder, results and plots."""
+    model = trainee.accelerator.unwrap_model(trainee.model)
+    load_weights(model, run.best / "model.safetensors")
+    test = classification_metrics(predict_loader(trainee.model, test_loader, trainee.accelerator), labels)
+    if trainee.accelerator.is_main_process:
+        parent = cfg.model.source if cfg.model.source.startswith("run:") else None
+        save_model_folder(run.model, model, backbone, labels, cfg, parent)
+        rows = run.read_metrics()
+        run.write_json(run.results, {"test": test, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                                     "stopped_early": state.stopped_early,
+                                     "best_val": {cfg.train.early_stopping.metric: state.best_score}})
+        run.plots.mkdir(exist_ok=True)
+        learning_curves(rows, run.plots / "learning_curves.png")
+        confusion_matrix_plot(test["confusion_matrix"], labels, run.plots / "confusion_matrix.png")
+    console.print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  "
+                  f"({test['examples']} examples; best epoch {state.best_epoch})")
+    console.print(f"run saved in {run.path}")
+    return RunResult(run.path, test, state.best_epoch, state.epoch)
+
+
+def results_of(run: RunDir) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(run.results.read_text())
+    return data

@@ -1,0 +1,41 @@
+"""PNG plots in the run directory: learning curves and the test confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt
+
+
+def learning_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    epochs = [r["epoch"] for r in rows]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
+    loss_ax.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [r["val_accuracy"] for r in rows], marker="o", color="tab:green")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy", ylim=(0, 1.02))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path) -> None:
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
