@@ -84,6 +84,10 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
     rule = train_cfg.early_stopping
     for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
         set_seed(train_cfg.seed * 1_000 + epoch)  # augmentation and dropout: same draws on resume
+        # Accelerate's loader re-sets the sampler's epoch from its own per-process counter on every
+        # iteration; telling the loader keeps shuffles tied to the epoch, so a resumed run matches.
+        if hasattr(trainee.train_loader, "set_epoch"):
+            trainee.train_loader.set_epoch(epoch)
         trainee.sampler.set_epoch(epoch)
         started = time.perf_counter()
         lrs = current_lrs(trainee.optimizer)

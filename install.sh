@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install graftune into ./.venv on a fresh machine.
+#   ./install.sh          graftune with the offline presets and the BBC News demo data
+#   ./install.sh --dev    plus test tools and the Fashion-MNIST images the tests use (Debian package)
+# The constraints file keeps the CPU build of torch: a newer torch from PyPI pulls several GB of CUDA.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras="demo,peft"
+if [[ "${1:-}" == "--dev" ]]; then extras="dev"; fi
+
+if [[ ! -x .venv/bin/python ]]; then python3 -m venv .venv; fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[${extras}]"
+
+if [[ "$extras" == "dev" && ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
+  if [[ "$(id -u)" == "0" ]]; then
+    apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "note: Fashion-MNIST tests will skip; install it with: sudo apt-get install dataset-fashion-mnist" >&2
+  fi
+fi

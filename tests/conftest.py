@@ -1,0 +1,34 @@
+"""Shared fixtures: offline mode, and real data written as the folders a user would have."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Fail fast on a wrong path instead of waiting on a hub that is not there.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def bbc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 real BBC News articles per topic (80 in all) as TOPIC/NNN.txt."""
+    from graftune.datasets import write_bbc_news
+
+    return write_bbc_news(tmp_path_factory.mktemp("bbc"), per_class=16, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fashion_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Fashion-MNIST PNGs in class folders: ROOT/train (12 per class) and ROOT/test (6 per class)."""
+    from graftune.datasets import FASHION_MNIST_DIR, write_fashion_mnist
+
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    root = tmp_path_factory.mktemp("fashion")
+    write_fashion_mnist(root / "train", per_class=12, split="train", seed=0)
+    write_fashion_mnist(root / "test", per_class=6, split="t10k", seed=0)
+    return root

