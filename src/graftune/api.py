@@ -56,8 +56,6 @@ def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = N
     """Metrics of a saved run on new labelled data (class folders or CSV/JSONL)."""
     from accelerate import Accelerator
 
-    from graftune.config import DataConfig, ModelConfig
-
     fine_tuned = load_run(run_dir)
     task = get_task(fine_tuned.task)
     examples = read_examples(data, task.modality, "auto", input_column, label_column)
@@ -66,7 +64,5 @@ def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = N
         raise UserError(f"{data}: labels {', '.join(unknown)} were not in the training data of {run_dir} "
                         f"(it knows {', '.join(fine_tuned.labels)}).")
     index = {label: i for i, label in enumerate(fine_tuned.labels)}
-    cfg = Config(task=task.name, model=ModelConfig(source="run"), data=DataConfig(train=str(data)))
-    cfg.train.eval_batch_size = batch_size
-    loader = eval_loader(cfg, task, fine_tuned.backbone, examples, index)
+    loader = eval_loader(task, fine_tuned.backbone, examples, index, batch_size)
     return classification_metrics(predict_loader(fine_tuned.model, loader, Accelerator()), fine_tuned.labels)

@@ -168,7 +168,8 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
     train_loader: Any = DataLoader(train_items, batch_size=cfg.train.batch_size, sampler=sampler,  # type: ignore[arg-type]
                                    collate_fn=task.make_collate(backbone.preprocess, augment),
                                    num_workers=cfg.train.num_workers)
-    val_loader, test_loader = (eval_loader(cfg, task, backbone, part, index) for part in (splits.val, splits.test))
+    val_loader, test_loader = (eval_loader(task, backbone, part, index, cfg.train.eval_batch_size,
+                                           cfg.train.num_workers) for part in (splits.val, splits.test))
     assert cfg.optim.lr is not None and cfg.optim.head_lr is not None
     groups = parameter_groups(model, backbone.groups, cfg.optim.lr, cfg.optim.head_lr, cfg.optim.weight_decay)
     optimizer = build_optimizer(groups)
@@ -184,11 +185,12 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
     return trainee, test_loader
 
 
-def eval_loader(cfg: Config, task: Task, backbone: Backbone, examples: list[Example],
-                index: dict[str, int]) -> DataLoader[Any]:
+def eval_loader(task: Task, backbone: Backbone, examples: list[Example], index: dict[str, int],
+                batch_size: int, num_workers: int = 0) -> DataLoader[Any]:
+    """Unshuffled, unaugmented batches for validation, test and `graftune evaluate`."""
     items = [(e.input, index[e.label]) for e in examples]
-    return DataLoader(items, batch_size=cfg.train.eval_batch_size, shuffle=False,  # type: ignore[arg-type]
-                      collate_fn=task.make_collate(backbone.preprocess, False), num_workers=cfg.train.num_workers)
+    return DataLoader(items, batch_size=batch_size, shuffle=False,  # type: ignore[arg-type]
+                      collate_fn=task.make_collate(backbone.preprocess, False), num_workers=num_workers)
 
 
 def _precision(choice: str) -> str:
