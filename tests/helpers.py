@@ -119,6 +119,17 @@ def write_tiny_bert(folder: Path, mean_pooling: bool = False) -> Path:
     return folder
 
 
+def write_tiny_vit(folder: Path, image_size: int = 224) -> Path:
+    """Save a 2-layer, 32-wide ViT (random weights, 32-pixel patches) without an image processor file."""
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=image_size, patch_size=32 if image_size >= 64 else 8)
+    torch.manual_seed(0)
+    ViTModel(config).save_pretrained(folder)
+    return folder
+
+
 # --- data ------------------------------------------------------------------------------------------------
 
 

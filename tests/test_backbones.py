@@ -34,6 +34,11 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return helpers.write_tiny_vit(tmp_path_factory.mktemp("tiny_vit"))
+
+
+@pytest.fixture(scope="module")
 def cnn_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same trained-looking CNN weights (not the factory's init) as safetensors and as a torch file."""
     folder = tmp_path_factory.mktemp("weights")
@@ -127,9 +132,11 @@ def _saved_run(tmp: Path, backbone: Backbone, labels: list[str], source: str) ->
     return tmp / "run"
 
 
-def _load(kind: str, tmp: Path, bert_dir: Path, weights: dict[str, Path]) -> Backbone:
+def _load(kind: str, tmp: Path, bert_dir: Path, vit_dir: Path, weights: dict[str, Path]) -> Backbone:
     if kind == "hf-tiny-bert":
         return load_backbone(f"hf:{bert_dir}")
+    if kind == "hf-tiny-vit":
+        return load_backbone(f"hf:{vit_dir}")
     if kind == "module-safetensors":
         return load_backbone(CNN, weights=str(weights["safetensors"]))
     if kind == "module-torch-file":
@@ -159,16 +166,16 @@ def _load(kind: str, tmp: Path, bert_dir: Path, weights: dict[str, Path]) -> Bac
     raise AssertionError(kind)
 
 
-CONTRACT = ["hf-tiny-bert", "module-safetensors", "module-torch-file", "module-replace", "module-cut", "minilm-l6",
-            "efficientnet-lite0", "run-module", "run-hf", "timm", "torchvision"]
+CONTRACT = ["hf-tiny-bert", "hf-tiny-vit", "module-safetensors", "module-torch-file", "module-replace", "module-cut",
+            "minilm-l6", "efficientnet-lite0", "run-module", "run-hf", "timm", "torchvision"]
 
 
 @pytest.fixture(scope="module", params=CONTRACT)
 def backbone(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
-             cnn_weights: dict[str, Path]) -> Backbone:
+             tiny_vit_dir: Path, cnn_weights: dict[str, Path]) -> Backbone:
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(helpers.TESTS_DIR))
-        return _load(request.param, tmp_path_factory.mktemp(request.param), tiny_bert_dir, cnn_weights)
+        return _load(request.param, tmp_path_factory.mktemp(request.param), tiny_bert_dir, tiny_vit_dir, cnn_weights)
 
 
 def _width(out: torch.Tensor) -> int:
@@ -215,12 +222,17 @@ def test_contract_a_new_head_trains_on_the_body(backbone: Backbone) -> None:
     head = build_head(validate({"task": "text-classification", "model": {"source": "x"},
                                 "data": {"train": "x"}}).head, backbone.feature_dim, 3, backbone.default_pooling)
     model = FineTuneModel(backbone.body, backbone.default_pooling, head)
-    for param in backbone.body.parameters():
+    trainable = [p for p in backbone.body.parameters() if p.requires_grad]
+    for param in trainable:  # the body is shared by the module's tests: only the head needs gradients here
         param.requires_grad_(False)
-    logits = model(backbone.example_inputs())
-    assert logits.shape == (2, 3)
-    logits.sum().backward()
-    assert head[-1].weight.grad is not None
+    try:
+        logits = model(backbone.example_inputs())
+        assert logits.shape == (2, 3)
+        logits.sum().backward()
+        assert head[-1].weight.grad is not None
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
 
 
 # --- source specifics --------------------------------------------------------------------------------------
@@ -263,6 +275,28 @@ def test_hf_default_pooling_comes_from_sentence_transformers_config(tmp_path: Pa
     backbone = load_backbone(f"hf:{mean_dir}")
     assert backbone.default_pooling == "mean"
     assert backbone.feature_dim == 32
+
+
+def test_hf_vision_groups_and_pooling(tiny_vit_dir: Path) -> None:
+    backbone = load_backbone(f"hf:{tiny_vit_dir}")
+    assert backbone.modality == "image"
+    assert backbone.default_pooling == "cls"  # token states, not feature maps
+    assert backbone.feature_dim == 32
+    names = [g.name for g in backbone.groups]
+    assert names[0] == "stem" and names[-1] == "tail"
+    assert [name.rsplit(".", 1)[1] for name in names[1:-1]] == ["0", "1"]  # the two transformer layers
+    assert all(p.startswith("model.embeddings.") for p in backbone.groups[0].params)
+
+
+def test_hf_vision_without_processor_uses_the_config_image_size(tmp_path: Path) -> None:
+    backbone = load_backbone(f"hf:{helpers.write_tiny_vit(tmp_path / 'vit32', image_size=32)}")
+    assert backbone.preprocess.size == 32
+
+
+def test_text_example_inputs_have_the_requested_batch(tiny_bert_dir: Path) -> None:
+    backbone = load_hf(str(tiny_bert_dir))
+    for batch in (1, 2, 3, 4):
+        assert backbone.example_inputs(batch)["input_ids"].shape[0] == batch, batch
 
 
 def test_run_source_restores_the_fine_tuned_body(tmp_path: Path, cnn_weights: dict[str, Path]) -> None:
@@ -376,9 +410,6 @@ def test_load_into_exact_match_loads() -> None:
     assert torch.equal(source.weight, target.weight)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: load_into uses load_state_dict(strict=False), which still raises "
-                                       "RuntimeError on a shape mismatch; a weights file for another num_classes "
-                                       "gives a traceback instead of a UserError naming the key")
 def test_load_into_shape_mismatch_is_a_user_error() -> None:
     ten_classes = helpers.tiny_cnn(num_classes=10).state_dict()
     with pytest.raises(UserError, match=r"fc\.weight"):

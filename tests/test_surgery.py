@@ -187,15 +187,11 @@ def test_build_head_hidden_layers_activation_and_dropout() -> None:
 
 def test_avgmax_head_takes_twice_the_width() -> None:
     head = build_head(HeadConfig(), 16, 5, "avgmax")
-    assert [m for m in head if isinstance(m, nn.Linear)][0].in_features == 32
+    assert next(m for m in head if isinstance(m, nn.Linear)).in_features == 32
     model = FineTuneModel(CutBody(helpers.tiny_cnn(), "layer3"), "avgmax", head)
     assert model({"pixel_values": torch.randn(2, 3, 32, 32)}).shape == (2, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: build_head sizes the head for 2*feature_dim when pooling='avgmax', "
-                                       "but Pooling only concatenates avg+max for 4D maps; token states (B,T,D) "
-                                       "and vectors (B,D) give D features and the forward fails with a shape "
-                                       "RuntimeError instead of working or a UserError")
 def test_avgmax_on_token_states_works_or_is_a_user_error() -> None:
     try:
         model = FineTuneModel(Tokens(8), "avgmax", build_head(HeadConfig(), 8, 3, "avgmax"))

@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,7 +125,7 @@ class Config(Section):
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     """Read a YAML config (or start from `base`), apply `key=value` overrides and validate."""
-    raw: dict[str, Any] = dict(base or {})
+    raw: dict[str, Any] = copy.deepcopy(base or {})
     lines: dict[tuple[str, ...], int] = {}
     source = "config"
     if path is not None:
@@ -142,13 +144,29 @@ def validate(raw: dict[str, Any], source: str = "config", lines: dict[tuple[str,
         raise UserError(_describe(err, source, lines or {})) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads `1e-3` as a string (YAML 1.1); users mean a float, as YAML 1.2 says."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: builds no arbitrary objects
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     if not path.is_file():
         raise UserError(f"{path}: config file not found.")
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data = _parse(text)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -176,7 +194,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, _, text = item.partition("=")
     parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = _parse(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     target = raw

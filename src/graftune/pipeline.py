@@ -153,6 +153,9 @@ def resolve_defaults(cfg: Config, backbone: Backbone) -> None:
 def graft(cfg: Config, backbone: Backbone, num_classes: int) -> FineTuneModel:
     """New head on the body, then the freeze the config asks for."""
     pooling = resolve_pooling(cfg.head, backbone)
+    if pooling == "avgmax" and backbone.body.eval()(**backbone.example_inputs()).dim() == 2:
+        raise UserError(f"head.pooling=avgmax: {backbone.source} already gives one vector per example; "
+                        "use head.pooling=none (or cut earlier with head.cut_at).")
     head = build_head(cfg.head, backbone.feature_dim, num_classes, pooling)
     model = FineTuneModel(backbone.body, pooling, head, cfg.freeze.batchnorm)
     apply_freeze(backbone.body, frozen_parameter_names(cfg.freeze.body, backbone.groups, backbone.body))

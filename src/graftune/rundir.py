@@ -18,7 +18,7 @@ from typing import Any
 
 from graftune.errors import UserError
 
-_MARKERS = ("config.yaml", "metrics.jsonl", "model")
+MARKER = ".graftune-run"  # written first: only folders with it (or a saved model) are runs
 
 
 class RunDir:
@@ -47,9 +47,10 @@ class RunDir:
                                 "Choose another --out.")
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / MARKER).write_text("graftune run directory\n")
 
     def is_run(self) -> bool:
-        return self.path.is_dir() and any((self.path / m).exists() for m in _MARKERS)
+        return (self.path / MARKER).is_file() or (self.path / "model" / "graftune.json").is_file()
 
     def require(self) -> RunDir:
         if not self.path.is_dir():

@@ -108,9 +108,11 @@ class Pooling(nn.Module):
             return features[:, 0]
         weights = torch.ones(features.shape[:2], device=features.device) if mask is None else mask
         weights = weights.unsqueeze(-1).to(features.dtype)
-        if self.kind == "max":
-            return features.masked_fill(weights == 0, torch.finfo(features.dtype).min).amax(dim=1)
-        return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        peak = features.masked_fill(weights == 0, torch.finfo(features.dtype).min).amax(dim=1)
+        mean = (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        if self.kind == "avgmax":
+            return torch.cat([mean, peak], dim=1)
+        return peak if self.kind == "max" else mean
 
 
 def resolve_pooling(head: HeadConfig, backbone: Backbone) -> str:

@@ -84,8 +84,8 @@ class Backbone:
         if isinstance(self.preprocess, ImagePreprocess):
             size = self.preprocess.size
             return {"pixel_values": torch.randn(batch, 3, size, size)}
-        tokens = self.preprocess.tokenizer(["a short example", "another one"][:batch] * max(1, batch // 2),
-                                           return_tensors="pt", padding=True)
+        texts = ["a short example", "another one"]
+        tokens = self.preprocess.tokenizer([texts[i % 2] for i in range(batch)], return_tensors="pt", padding=True)
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 

@@ -54,7 +54,7 @@ def load_hf(ref: str, *, pretrained: bool = True, files: Path | None = None, tru
     body: nn.Module
     preprocess: ImagePreprocess | TextPreprocess
     if is_image:
-        body, preprocess = HFImageBody(model), _image_preprocess(where)
+        body, preprocess = HFImageBody(model), _image_preprocess(where, int(getattr(config, "image_size", 224)))
     else:
         body, preprocess = HFTextBody(model), _text_preprocess(where, trust_remote_code)
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
@@ -75,13 +75,13 @@ def _text_preprocess(where: str, trust_remote_code: bool) -> TextPreprocess:
     return TextPreprocess(tokenizer=tokenizer, max_length=min(256, limit))
 
 
-def _image_preprocess(where: str) -> ImagePreprocess:
+def _image_preprocess(where: str, config_size: int) -> ImagePreprocess:
     try:
         from transformers import AutoImageProcessor
 
         processor = AutoImageProcessor.from_pretrained(where)
     except (OSError, ValueError, ImportError):
-        return ImagePreprocess()
+        return ImagePreprocess(size=config_size)  # no processor file: the model config knows its size
     size: Any = getattr(processor, "size", None) or {}
     side = size.get("height") or size.get("shortest_edge") or 224 if isinstance(size, dict) else int(size)
     mean = tuple(getattr(processor, "image_mean", None) or ImagePreprocess().mean)

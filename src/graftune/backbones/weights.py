@@ -35,6 +35,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load weights strictly; on mismatch, name the missing and unexpected keys."""
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)} in the model" for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise UserError(f"{where}: weights have other shapes than the model: {'; '.join(wrong[:3])}"
+                        f"{' ...' if len(wrong) > 3 else ''}. Were they saved for another model or class count?")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         missing = ", ".join(result.missing_keys[:5]) or "none"

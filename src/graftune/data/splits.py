@@ -41,7 +41,19 @@ def stratified_split(examples: list[Example], val: float, test: float, seed: int
     except ValueError as err:
         raise UserError(f"cannot split {len(examples)} examples in {len(counts)} classes ({err}). "
                         "Add examples or change data.split.val / data.split.test.") from None
+    for held, fraction in ((val_part, val), (test_part, test)):
+        if fraction > 0:
+            _give_every_class_one(train_part, held)
     return Splits(train_part, val_part, test_part)
+
+
+def _give_every_class_one(train: list[Example], held: list[Example]) -> None:
+    """Proportional splits can leave a small class out of val or test; move one example over."""
+    present = {e.label for e in held}
+    for label in sorted({e.label for e in train} - present):
+        donor = next(i for i in range(len(train) - 1, -1, -1) if train[i].label == label)
+        if sum(e.label == label for e in train) > 1:
+            held.append(train.pop(donor))
 
 
 def _split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
