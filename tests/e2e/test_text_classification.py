@@ -13,7 +13,7 @@ from tests.e2e.cli import run_cli
 pytestmark = pytest.mark.e2e
 
 TRAIN_FLAGS = ["--task", "text-classification", "--model", "minilm-l6", "--freeze", "all", "--epochs", "3",
-               "--set", "data.max_length=96", "--set", "train.batch_size=8"]
+               "--lr", "0.01", "--set", "data.max_length=96", "--set", "train.batch_size=8"]
 
 
 @pytest.fixture(scope="module")
