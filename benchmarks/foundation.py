@@ -53,7 +53,7 @@ def bbc_config(root: Path, quick: bool) -> dict[str, Any]:
     return {
         "task": "text-classification",
         "model": {"source": "minilm-l6"},
-        "data": {"train": str(root), "max_length": 128},
+        "data": {"train": str(root), "max_length": 128 if quick else 256},
         "freeze": {"body": "none"},
         "optim": {"schedule": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.01},
         "train": {"epochs": 1 if quick else 3, "batch_size": 16, "eval_batch_size": 64, "seed": SEED,
@@ -65,10 +65,10 @@ def fmnist_config(root: Path, quick: bool) -> dict[str, Any]:
     return {
         "task": "image-classification",
         "model": {"source": "efficientnet-lite0"},
-        "data": {"train": str(root), "image_size": 64, "augment": True},
+        "data": {"train": str(root), "image_size": 64, "augment": False},
         "freeze": {"body": "none"},
         "optim": {"schedule": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.01},
-        "train": {"epochs": 1 if quick else 6, "batch_size": 32, "eval_batch_size": 128, "seed": SEED,
+        "train": {"epochs": 1 if quick else 10, "batch_size": 32, "eval_batch_size": 128, "seed": SEED,
                   "early_stopping": {"metric": "val_accuracy", "patience": 3}, "progress": False},
     }
 

@@ -82,7 +82,8 @@ class FreezeConfig(Section):
 
 class OptimConfig(Section):
     lr: float | None = Field(None, gt=0, description="body learning rate; default depends on task and freezing")
-    head_lr: float | None = Field(None, gt=0, description="head learning rate; default: 10x lr, 1e-3 when frozen")
+    head_lr: float | None = Field(None, gt=0,
+                                  description="head learning rate; default: 20x lr capped at 1e-3, lr if body frozen")
     weight_decay: float = Field(0.01, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
