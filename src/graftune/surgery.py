@@ -108,11 +108,14 @@ class Pooling(nn.Module):
             return features[:, 0]
         weights = torch.ones(features.shape[:2], device=features.device) if mask is None else mask
         weights = weights.unsqueeze(-1).to(features.dtype)
-        peak = features.masked_fill(weights == 0, torch.finfo(features.dtype).min).amax(dim=1)
+        if self.kind == "max":
+            return _masked_max(features, weights)
         mean = (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        if self.kind == "avgmax":
-            return torch.cat([mean, peak], dim=1)
-        return peak if self.kind == "max" else mean
+        return torch.cat([mean, _masked_max(features, weights)], dim=1) if self.kind == "avgmax" else mean
+
+
+def _masked_max(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return features.masked_fill(weights == 0, torch.finfo(features.dtype).min).amax(dim=1)
 
 
 def resolve_pooling(head: HeadConfig, backbone: Backbone) -> str:
