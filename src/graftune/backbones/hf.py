@@ -50,6 +50,8 @@ def load_hf(ref: str, *, pretrained: bool = True, files: Path | None = None, tru
     except (OSError, ValueError) as err:
         raise UserError(f"hf:{ref}: cannot load this model ({str(err).splitlines()[0]}). Give a local folder "
                         "with config.json and weights, or a hub id while online.") from None
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # the new head pools the hidden states itself; the old pooler is dead compute
     is_image = hasattr(config, "image_size") or hasattr(config, "num_channels")
     body: nn.Module
     preprocess: ImagePreprocess | TextPreprocess
