@@ -40,5 +40,11 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     return state
 
 
+def checkpoint_state(folder: Path) -> dict[str, Any]:
+    """The loop state of a complete checkpoint (epoch, stage, best score)."""
+    state: dict[str, Any] = json.loads((folder / "state.json").read_text())
+    return state
+
+
 def has_checkpoint(folder: Path) -> bool:
     return (folder / "state.json").is_file()

@@ -68,9 +68,11 @@ class HeadConfig(Section):
 
 class FreezeConfig(Section):
     body: str | int | list[str] = Field(
-        "none", description="all | none | K (first K layer groups) | list of parameter-name regexes")
-    batchnorm: Literal["frozen", "train"] = Field(
-        "frozen", description="frozen: BatchNorm in frozen layers keeps its running statistics")
+        "none", description="all | none | K (first K layer groups) | list of parameter-name regexes; "
+                            "what the strategy never trains")
+    batchnorm: Literal["frozen", "train", "affine-only"] = Field(
+        "frozen", description="frozen: BatchNorm in frozen layers keeps statistics and affine; train: every "
+                              "BatchNorm updates its statistics; affine-only: statistics fixed, affine trains")
 
     @field_validator("body")
     @classmethod
@@ -80,12 +82,64 @@ class FreezeConfig(Section):
         return value
 
 
+Schedule = Literal["cosine", "linear", "constant", "one-cycle", "slanted-triangular"]
+
+
+class StageConfig(Section):
+    """One stage of a custom strategy."""
+
+    name: str | None = None
+    epochs: int | None = Field(None, ge=1, description="epochs of this stage; null: the rest of train.epochs")
+    until_plateau: bool = Field(False, description="end the stage early when validation stops improving")
+    train: Literal["head", "all", "bias"] | int = Field(
+        "all", description="head | all | bias (biases and head) | K (the top K layer groups and the head)")
+    lr_scale: float = Field(1.0, gt=0, description="multiplies optim.lr and optim.head_lr in this stage")
+    schedule: Schedule | None = Field(None, description="default: optim.schedule")
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    targets: list[str] | None = Field(None, description="module-name regexes; default: every linear layer "
+                                                        "(1x1 convolutions in a CNN)")
+
+
+class StrategyConfig(Section):
+    """Which layer groups train, when, and at what rate (see `graftune strategies`)."""
+
+    name: Literal["auto", "linear-probe", "partial", "full", "gradual", "discriminative", "lp-ft", "lora",
+                  "bitfit", "fastai", "ulmfit", "custom"] = Field(
+        "auto", description="auto: linear-probe, full or partial, from freeze.body")
+    lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise rate factor per group down the "
+                                                               "depth (discriminative); combinable with any")
+    unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing one more group")
+    probe_epochs: int | None = Field(None, ge=1, description="lp-ft, fastai: most epochs of the head-only stage")
+    plateau_patience: int = Field(1, ge=1, description="epochs without improvement that end an until_plateau "
+                                                       "stage")
+    lora: LoraConfig = LoraConfig()
+    stages: list[StageConfig] | None = Field(None, description="custom stages (name: custom)")
+
+
+class RegularizeConfig(Section):
+    """Pulls toward what the model knew, and against overfitting small data."""
+
+    l2sp: float = Field(0.0, ge=0, description="L2-SP strength: distance of the body to its pre-trained weights")
+    l2sp_head: float = Field(0.0, ge=0, description="with L2-SP: plain L2 on the new head")
+    ewc: float = Field(0.0, ge=0, description="EWC strength; needs regularize.retain")
+    retain: str | None = Field(None, description="inputs of the original task (folder, CSV/JSONL, text file) "
+                                                 "to estimate EWC's Fisher information")
+    retain_examples: int = Field(256, ge=1, description="how many retain inputs to use for the Fisher")
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) parameter for images; 0: off")
+    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) parameter for images; 0: off")
+
+
 class OptimConfig(Section):
     lr: float | None = Field(None, gt=0, description="body learning rate; default depends on task and freezing")
     head_lr: float | None = Field(None, gt=0,
                                   description="head learning rate; default: 20x lr capped at 1e-3, lr if body frozen")
     weight_decay: float = Field(0.01, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Schedule = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
 
@@ -116,6 +170,8 @@ class Config(Section):
     data: DataConfig
     head: HeadConfig = HeadConfig()
     freeze: FreezeConfig = FreezeConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    regularize: RegularizeConfig = RegularizeConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 

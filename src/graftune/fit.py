@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,8 @@ from graftune.loop import predict_loader, train_one_epoch
 from graftune.optim import current_lrs
 from graftune.progress import progress_bar
 from graftune.rundir import RunDir
+from graftune.staging import StageSwitch
+from graftune.strategies import Stage
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -42,18 +44,21 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
 @dataclass
 class FitState:
-    """Loop state saved in every checkpoint."""
+    """Loop state saved in every checkpoint, including where the run is in its strategy."""
 
     epoch: int = 0
     best_epoch: int = 0
     best_score: float | None = None
-    bad_epochs: int = 0
+    bad_epochs: int = 0  # epochs without improvement in the current stage
     stopped_early: bool = False
+    stage: int = 0
+    stage_start: int = 1  # first epoch of the current stage
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "best_epoch": self.best_epoch, "best_score": self.best_score,
-                "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early}
+                "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "stage": self.stage,
+                "stage_start": self.stage_start}
 
 
 @dataclass
@@ -61,7 +66,7 @@ class Trainee:
     """Everything the epochs need, already prepared by Accelerate."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Any  # Accelerate's wrapper; `.optimizer` is the torch optimizer that stages grow
     scheduler: Any
     accelerator: Any
     train_loader: Any
@@ -69,8 +74,9 @@ class Trainee:
     sampler: EpochSampler
     loss_fn: nn.Module
     grad_clip: float | None
-    trainable_params: int
-    trainable_groups: list[str]
+    switch: StageSwitch
+    steps_per_epoch: int
+    penalty: Callable[[], torch.Tensor] | None = None
 
 
 def improved(score: float, best: float | None, rule: EarlyStopConfig) -> bool:
@@ -79,9 +85,17 @@ def improved(score: float, best: float | None, rule: EarlyStopConfig) -> bool:
     return score < best if rule.metric == "val_loss" else score > best
 
 
+def stage_over(stage: Stage, state: FitState) -> bool:
+    """The stage has had its epochs, or validation has plateaued in a stage that ends on a plateau."""
+    done = state.epoch - state.stage_start + 1
+    if stage.epochs is not None and done >= stage.epochs:
+        return True
+    return stage.plateau_patience is not None and state.bad_epochs >= stage.plateau_patience
+
+
 def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, console: Console) -> FitState:
-    """Train from `state.epoch + 1` to the last epoch or until validation stops improving."""
-    rule = train_cfg.early_stopping
+    """Train from `state.epoch + 1`, walking the strategy's stages, until the last epoch or early stop."""
+    rule, stages = train_cfg.early_stopping, trainee.switch.stages
     for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
         set_seed(train_cfg.seed * 1_000 + epoch)  # augmentation and dropout: same draws on resume
         # Accelerate's loader re-sets the sampler's epoch from its own per-process counter on every
@@ -90,14 +104,16 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
             trainee.train_loader.set_epoch(epoch)
         trainee.sampler.set_epoch(epoch)
         started = time.perf_counter()
-        lrs = current_lrs(trainee.optimizer)
-        with progress_bar(train_cfg.progress, f"epoch {epoch}/{train_cfg.epochs}",
+        stage = stages[state.stage]
+        row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "stage_index": state.stage,
+                               **trainee.switch.describe(), "lr": current_lrs(trainee.optimizer)}
+        with progress_bar(train_cfg.progress, f"epoch {epoch}/{train_cfg.epochs} ({stage.name})",
                           len(trainee.train_loader) + len(trainee.val_loader)) as advance:
             train_loss = train_one_epoch(trainee.model, trainee.train_loader, trainee.optimizer, trainee.scheduler,
-                                         trainee.accelerator, trainee.loss_fn, trainee.grad_clip, advance)
+                                         trainee.accelerator, trainee.loss_fn, trainee.grad_clip, advance,
+                                         trainee.penalty)
             val = validation_metrics(predict_loader(trainee.model, trainee.val_loader, trainee.accelerator, advance))
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lrs, "trainable_params": trainee.trainable_params,
-               "trainable_groups": trainee.trainable_groups, "seconds": round(time.perf_counter() - started, 3)}
+        row.update({"train_loss": train_loss, **val, "seconds": round(time.perf_counter() - started, 3)})
         state.epoch = epoch
         score = val[rule.metric]
         if improved(score, state.best_score, rule):
@@ -105,15 +121,31 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
             save_weights(trainee.accelerator.unwrap_model(trainee.model), run.best / "model.safetensors")
         else:
             state.bad_epochs += 1
-        state.stopped_early = rule.patience is not None and state.bad_epochs >= rule.patience
+        last_stage = state.stage == len(stages) - 1
+        if not last_stage and epoch < train_cfg.epochs and stage_over(stage, state):
+            _next_stage(trainee, state)
+        state.stopped_early = last_stage and rule.patience is not None and state.bad_epochs >= rule.patience
         if trainee.accelerator.is_main_process:
             run.append_metrics(row)
             save_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
                             trainee.scheduler, state.to_json())
-        console.print(f"epoch {epoch}/{train_cfg.epochs}  train_loss {train_loss:.4f}  val_loss {val['val_loss']:.4f}  "
-                      f"val_accuracy {val['val_accuracy']:.4f}  ({row['seconds']:.0f} s)")
+        console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {train_loss:.4f}  "
+                      f"val_loss {val['val_loss']:.4f}  val_accuracy {val['val_accuracy']:.4f}  "
+                      f"({row['seconds']:.0f} s)")
         if state.stopped_early:
             console.print(f"stopping early: {rule.metric} has not improved for {rule.patience} epochs "
                           f"(best {state.best_score:.4f} at epoch {state.best_epoch})")
             break
     return state
+
+
+def _next_stage(trainee: Trainee, state: FitState) -> None:
+    """Enter the next stage before the checkpoint is written, so a resume starts inside it."""
+    state.stage += 1
+    state.stage_start = state.epoch + 1
+    state.bad_epochs = 0  # newly unfrozen layers get their own patience
+    optimizer = trainee.optimizer.optimizer
+    trainee.switch.enter(state.stage, optimizer)
+    if trainee.accelerator.num_processes > 1:  # DDP registers gradient hooks only for trainable parameters
+        trainee.model = trainee.accelerator.prepare_model(trainee.accelerator.unwrap_model(trainee.model))
+    trainee.scheduler = trainee.switch.schedule(state.stage, optimizer, state.stage_start, trainee.steps_per_epoch)

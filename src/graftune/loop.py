@@ -28,19 +28,24 @@ class Predictions:
 
 def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], optimizer: torch.optim.Optimizer,
                     scheduler: Any, accelerator: Any, loss_fn: nn.Module, grad_clip: float | None,
-                    progress: Progress | None = None) -> float:
-    """Train over the loader once; return the mean training loss."""
+                    progress: Progress | None = None, penalty: Callable[[], torch.Tensor] | None = None) -> float:
+    """Train over the loader once; return the mean training loss (without the `penalty` term).
+
+    Labels may be class indices or soft targets (mixup, cutmix). `penalty()` is added to the loss
+    (L2-SP, EWC). The scheduler steps once per optimizer step.
+    """
     model.train()
     total, count = 0.0, 0
     for batch in loader:
         with accelerator.accumulate(model):
             logits = model(batch["inputs"])
             loss = loss_fn(logits, batch["labels"])
-            accelerator.backward(loss)
+            accelerator.backward(loss + penalty() if penalty is not None else loss)
             if grad_clip and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
             optimizer.step()
-            scheduler.step()
+            if accelerator.sync_gradients:
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         total += float(loss.detach()) * len(batch["labels"])
         count += len(batch["labels"])

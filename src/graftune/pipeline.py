@@ -19,18 +19,22 @@ from torch.utils.data import DataLoader
 
 from graftune.artifacts import load_weights, save_model_folder
 from graftune.backbones import Backbone, ImagePreprocess, TextPreprocess, load_backbone
-from graftune.checkpoint import has_checkpoint, load_checkpoint
+from graftune.checkpoint import checkpoint_state, has_checkpoint, load_checkpoint
 from graftune.config import Config, load_config
-from graftune.data.readers import Example, read_examples, split_folders
+from graftune.data.readers import Example, read_examples, read_unlabelled, split_folders
 from graftune.data.splits import Splits, check_labels, stratified_split
 from graftune.errors import UserError
 from graftune.evaluation import classification_metrics
 from graftune.fit import EpochSampler, FitState, Trainee, fit
-from graftune.freezing import apply_freeze, frozen_parameter_names, trainable_groups
+from graftune.freezing import frozen_parameter_names
 from graftune.loop import predict_loader
-from graftune.optim import build_optimizer, build_schedule, parameter_groups
+from graftune.lora import add_lora, merge, save_adapter
 from graftune.plots import confusion_matrix_plot, learning_curves
+from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal, mixing_collate
+from graftune.regularize import check as check_regularization
 from graftune.rundir import RunDir
+from graftune.staging import StageSwitch
+from graftune.strategies import Stage, plan, resolve_name, trainable_group_count
 from graftune.surgery import FineTuneModel, build_head, parameter_summary, resolve_pooling
 from graftune.tasks import Task, get_task
 
@@ -71,22 +75,36 @@ def _execute(cfg: Config, run: RunDir, resume: bool, console: Console) -> RunRes
         run.config.write_text(cfg.to_yaml())
         run.write_json(run.splits, splits.record(cfg.data.split.seed if cfg.data.val is None else None))
     model = graft(cfg, backbone, len(labels))
+    never = frozen_parameter_names(cfg.freeze.body, backbone.groups, backbone.body)
+    stages = plan(cfg, trainable_group_count(backbone.groups, never))
+    switch = StageSwitch(model, backbone.groups, stages, never, cfg.freeze.batchnorm, cfg.optim.weight_decay,
+                         0.0 if anchored(cfg.regularize) else None, cfg.train.epochs)
+    resuming = resume and has_checkpoint(run.last)
+    state = FitState(**checkpoint_state(run.last)) if resuming else FitState()
+    optimizer = switch.replay(state.stage)
     summary = parameter_summary(model)
-    console.print(f"{backbone.source}: {summary['total']:,} parameters, {summary['trainable']:,} trainable, "
-                  f"{summary['frozen']:,} frozen; {len(backbone.groups)} layer groups; "
+    console.print(f"{backbone.source}: {summary['total']:,} parameters; {len(backbone.groups)} layer groups; "
                   f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test examples, "
                   f"{len(labels)} classes")
-    trainee, test_loader = _prepare_training(cfg, task, backbone, model, splits, labels, summary["trainable"])
-    state = FitState()
-    if resume and has_checkpoint(run.last):
-        state_json = load_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
-                                     trainee.scheduler)
-        state = FitState(**state_json)
+    console.print(f"strategy {cfg.strategy.name}: " + " -> ".join(_stage_line(stage) for stage in stages))
+    if not resume:
+        run.write_json(run.strategy, {"name": cfg.strategy.name, "stages": [stage.to_json() for stage in stages],
+                                      "groups": [group.name for group in backbone.groups]})
+    trainee, test_loader = _prepare_training(cfg, task, backbone, model, splits, labels, optimizer, switch, state)
+    if resuming:
+        load_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
+                        trainee.scheduler)
         run.truncate_metrics(state.epoch)
-        console.print(f"resuming after epoch {state.epoch}")
+        console.print(f"resuming after epoch {state.epoch}, in stage {stages[state.stage].name}")
     if not state.stopped_early and state.epoch < cfg.train.epochs:
         state = fit(trainee, cfg.train, run, state, console)
     return _finish(cfg, run, trainee, test_loader, backbone, labels, state, console)
+
+
+def _stage_line(stage: Stage) -> str:
+    length = "rest" if stage.epochs is None else f"{stage.epochs} ep"
+    plateau = ", until plateau" if stage.plateau_patience else ""
+    return f"{stage.name} (train {stage.train}, {length}{plateau})"
 
 
 def load_splits(cfg: Config, task: Task) -> Splits:
@@ -140,52 +158,84 @@ def _token_limit(backbone: Backbone) -> int:
 
 
 def resolve_defaults(cfg: Config, backbone: Backbone) -> None:
-    """Fill learning rates left unset: 1e-3 for a head on a frozen body; smaller for a body that trains."""
-    body_frozen = cfg.freeze.body == "all"
+    """Name the strategy and fill learning rates left unset, then refuse combinations that do nothing.
+
+    A head on a frozen body gets 1e-3; a body that trains gets 5e-5 (text) or 3e-4 (images) and its
+    head 20x that, capped at 1e-3. Adapters and biases (lora, bitfit) learn from scratch-like
+    starting points and take larger rates: 5e-4 and 1e-3.
+    """
+    name = resolve_name(cfg)
+    _check_strategy(cfg, name)
+    check_regularization(cfg, name, backbone.modality)
+    cfg.strategy.name = name  # type: ignore[assignment]
     if cfg.optim.lr is None:
-        cfg.optim.lr = 1e-3 if body_frozen else (5e-5 if backbone.modality == "text" else 3e-4)
+        body_lr = {"linear-probe": 1e-3, "bitfit": 1e-3, "lora": 5e-4}.get(name)
+        cfg.optim.lr = body_lr or (5e-5 if backbone.modality == "text" else 3e-4)
     if cfg.optim.head_lr is None:
-        cfg.optim.head_lr = cfg.optim.lr if body_frozen else min(1e-3, cfg.optim.lr * 20)
+        cfg.optim.head_lr = cfg.optim.lr if name == "linear-probe" else min(1e-3, max(cfg.optim.lr, cfg.optim.lr * 20))
     if cfg.head.pooling == "auto":
         cfg.head.pooling = backbone.default_pooling  # type: ignore[assignment]
 
 
+def _check_strategy(cfg: Config, name: str) -> None:
+    body = str(cfg.freeze.body)
+    if body == "all" and name != "linear-probe":
+        raise UserError(f"strategy {name} trains the body, but freeze.body=all keeps all of it frozen. "
+                        "Use strategy linear-probe, or freeze fewer layers.")
+    if name == "partial" and body == "none":
+        raise UserError("strategy partial needs freeze.body: the number K of layer groups to keep frozen "
+                        "(or name patterns), for example --freeze 4.")
+
+
 def graft(cfg: Config, backbone: Backbone, num_classes: int) -> FineTuneModel:
-    """New head on the body, then the freeze the config asks for."""
+    """New head on the body (with LoRA adapters for the lora strategy); the stages decide what trains."""
     pooling = resolve_pooling(cfg.head, backbone)
     if pooling == "avgmax" and backbone.body.eval()(**backbone.example_inputs()).dim() == 2:
         raise UserError(f"head.pooling=avgmax: {backbone.source} already gives one vector per example; "
                         "use head.pooling=none (or cut earlier with head.cut_at).")
+    if cfg.strategy.name == "lora":
+        add_lora(backbone, cfg.strategy.lora)
     head = build_head(cfg.head, backbone.feature_dim, num_classes, pooling)
-    model = FineTuneModel(backbone.body, pooling, head, cfg.freeze.batchnorm)
-    apply_freeze(backbone.body, frozen_parameter_names(cfg.freeze.body, backbone.groups, backbone.body))
-    return model
+    return FineTuneModel(backbone.body, pooling, head, cfg.freeze.batchnorm)
 
 
 def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTuneModel, splits: Splits,
-                      labels: list[str], trainable: int) -> tuple[Trainee, Any]:
+                      labels: list[str], optimizer: torch.optim.Optimizer, switch: StageSwitch,
+                      state: FitState) -> tuple[Trainee, Any]:
     index = {label: i for i, label in enumerate(labels)}
     train_items = [(e.input, index[e.label]) for e in splits.train]
     sampler = EpochSampler(len(train_items), cfg.train.seed)
     augment = cfg.data.augment and isinstance(backbone.preprocess, ImagePreprocess)
+    collate = task.make_collate(backbone.preprocess, augment)
+    reg = cfg.regularize
+    if reg.mixup or reg.cutmix:
+        collate = mixing_collate(collate, len(labels), reg.mixup, reg.cutmix)
     train_loader: Any = DataLoader(train_items, batch_size=cfg.train.batch_size, sampler=sampler,  # type: ignore[arg-type]
-                                   collate_fn=task.make_collate(backbone.preprocess, augment),
-                                   num_workers=cfg.train.num_workers)
+                                   collate_fn=collate, num_workers=cfg.train.num_workers)
     val_loader, test_loader = (eval_loader(task, backbone, part, index, cfg.train.eval_batch_size,
                                            cfg.train.num_workers) for part in (splits.val, splits.test))
-    assert cfg.optim.lr is not None and cfg.optim.head_lr is not None
-    groups = parameter_groups(model, backbone.groups, cfg.optim.lr, cfg.optim.head_lr, cfg.optim.weight_decay)
-    optimizer = build_optimizer(groups)
-    steps = cfg.train.epochs * -(-len(train_loader) // cfg.train.grad_accum)
-    scheduler = build_schedule(optimizer, cfg.optim.schedule, steps, cfg.optim.warmup_ratio)
     accelerator = Accelerator(mixed_precision=_precision(cfg.train.mixed_precision),
                               gradient_accumulation_steps=cfg.train.grad_accum)
-    model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, test_loader, scheduler)
+    prepared, wrapped, train_loader, val_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, test_loader)
+    steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accum)
+    scheduler = switch.schedule(state.stage, optimizer, state.stage_start, steps_per_epoch)
+    penalty = None
+    if anchored(reg):  # anchors are the pre-trained weights: taken before a checkpoint is loaded
+        fisher = _retain_fisher(cfg, task, backbone, model) if reg.ewc else None
+        penalty = AnchorPenalty(model, reg, fisher)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    trainee = Trainee(model, optimizer, scheduler, accelerator, train_loader, val_loader, sampler, loss_fn,
-                      cfg.optim.grad_clip, trainable, trainable_groups(backbone.groups, backbone.body))
+    trainee = Trainee(prepared, wrapped, scheduler, accelerator, train_loader, val_loader, sampler, loss_fn,
+                      cfg.optim.grad_clip, switch, steps_per_epoch, penalty)
     return trainee, test_loader
+
+
+def _retain_fisher(cfg: Config, task: Task, backbone: Backbone, model: FineTuneModel) -> dict[str, torch.Tensor]:
+    assert cfg.regularize.retain is not None
+    inputs = read_unlabelled(cfg.regularize.retain, task.modality)[:cfg.regularize.retain_examples]
+    loader: DataLoader[Any] = DataLoader([(x, 0) for x in inputs], batch_size=8,  # type: ignore[arg-type]
+                                         collate_fn=task.make_collate(backbone.preprocess, False))
+    return fisher_diagonal(model, loader, seed=cfg.train.seed)
 
 
 def eval_loader(task: Task, backbone: Backbone, examples: list[Example], index: dict[str, int],
@@ -212,9 +262,13 @@ def _finish(cfg: Config, run: RunDir, trainee: Trainee, test_loader: Any, backbo
     test = classification_metrics(predict_loader(trainee.model, test_loader, trainee.accelerator), labels)
     if trainee.accelerator.is_main_process:
         parent = cfg.model.source if cfg.model.source.startswith("run:") else None
+        if cfg.strategy.name == "lora":  # the adapter for sharing, merged weights for plain loading
+            save_adapter(model, run.model)
+            merge(model)
         save_model_folder(run.model, model, backbone, labels, cfg, parent)
         rows = run.read_metrics()
-        run.write_json(run.results, {"test": test, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+        run.write_json(run.results, {"test": test, "strategy": cfg.strategy.name, "best_epoch": state.best_epoch,
+                                     "epochs_run": state.epoch,
                                      "stopped_early": state.stopped_early,
                                      "best_val": {cfg.train.early_stopping.metric: state.best_score}})
         run.plots.mkdir(exist_ok=True)

@@ -33,6 +33,7 @@ class RunDir:
     best = property(lambda self: self.path / "checkpoints" / "best")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     results = property(lambda self: self.path / "results.json")
+    strategy = property(lambda self: self.path / "strategy.json")
     plots = property(lambda self: self.path / "plots")
 
     def create(self, overwrite: bool = False) -> None:

@@ -139,8 +139,9 @@ class FineTuneModel(nn.Module):
     """Body + pooling + new head. `train()` keeps fully frozen layers in inference mode.
 
     Frozen layers run in eval mode so BatchNorm keeps the running statistics learned in
-    pre-training and dropout does not perturb features that cannot adapt anyway; with
-    `batchnorm_policy="train"` BatchNorm in frozen layers still updates its statistics.
+    pre-training and dropout does not perturb features that cannot adapt anyway. BatchNorm policies:
+    `frozen` (that rule), `train` (every BatchNorm updates its statistics, frozen or not) and
+    `affine-only` (no BatchNorm ever updates its statistics; its scale and shift may still train).
     """
 
     def __init__(self, body: nn.Module, pooling: str, head: nn.Module, batchnorm_policy: str = "frozen") -> None:
@@ -160,10 +161,10 @@ class FineTuneModel(nn.Module):
         super().train(mode)
         if mode:
             _eval_frozen(self.body)
-            if self.batchnorm_policy == "train":
+            if self.batchnorm_policy in ("train", "affine-only"):
                 for module in self.body.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.train()
+                        module.train(self.batchnorm_policy == "train")
         return self
 
 

@@ -46,6 +46,37 @@ def read_examples(path: str | Path, modality: Modality, fmt: str = "auto", input
     return examples
 
 
+def read_unlabelled(path: str | Path, modality: Modality, input_column: str | None = None) -> list[str]:
+    """Inputs without labels (EWC's retained data): every image or .txt file under a folder, the lines
+    of a .txt file (text), or the input column of a CSV/JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: data not found.")
+    if path.is_dir():
+        suffixes = IMAGE_SUFFIXES if modality == "image" else {".txt"}
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                       and not p.name.startswith("."))
+        inputs = [_read_text(f) if modality == "text" else _checked_image(f) for f in files]
+    elif modality == "text" and path.suffix.lower() == ".txt":
+        inputs = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        rows = _csv_rows(path) if _detect_format(path) == "csv" else _jsonl_rows(path)
+        inputs = []
+        for line, row in rows:
+            column = input_column or _guess_input_column(row, modality, path)
+            if column not in row:
+                raise UserError(f"{path}:{line}: no column '{column}'. Columns: {', '.join(row)}.")
+            value = "" if row[column] is None else str(row[column])
+            if modality == "text":
+                inputs.append(_checked_text(value, f"{path}:{line}"))
+            else:
+                image = Path(value) if Path(value).is_absolute() else path.parent / value
+                inputs.append(_checked_image(image, f"{path}:{line}"))
+    if not inputs:
+        raise UserError(f"{path}: no {modality} inputs found.")
+    return inputs
+
+
 def split_folders(path: Path) -> dict[str, Path] | None:
     """`ROOT/{train,val,test}/LABEL/...`: the user's own split, when the folder has that layout."""
     if not path.is_dir():

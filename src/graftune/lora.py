@@ -1,0 +1,65 @@
+"""LoRA through PEFT: low-rank adapters on the body, saved as a PEFT adapter, merged for export.
+
+The body is wrapped by `peft.get_peft_model`, which renames its parameters (`base_model.model.` prefix,
+`.base_layer`, `lora_A` / `lora_B`); the layer groups are mapped onto the new names so freezing,
+rates and metrics keep working by group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from graftune.backbones.base import Backbone, LayerGroup
+from graftune.config import LoraConfig
+from graftune.strategies import lora_targets
+from graftune.surgery import FineTuneModel
+
+ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.safetensors"
+
+
+def add_lora(backbone: Backbone, cfg: LoraConfig) -> None:
+    """Wrap the body with fresh LoRA adapters (B = 0, so outputs are unchanged until it trains)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                            target_modules=lora_targets(backbone.body, cfg.targets), bias="none")
+    groups = backbone.groups
+    backbone.body = get_peft_model(backbone.body, config)
+    backbone.groups = regroup(groups, backbone.body)
+
+
+def regroup(groups: list[LayerGroup], body: nn.Module) -> list[LayerGroup]:
+    """The same layer groups, with the parameter names of the PEFT-wrapped body."""
+    owner = {param: group.name for group in groups for param in group.params}
+    renamed: dict[str, list[str]] = {group.name: [] for group in groups}
+    for name, _ in body.named_parameters():
+        plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if ".lora_" in plain:  # an adapter belongs with the layer it adapts
+            plain = plain.split(".lora_")[0] + ".weight"
+        renamed[owner[plain]].append(name)
+    return [LayerGroup(group.name, renamed[group.name]) for group in groups]
+
+
+def save_adapter(model: FineTuneModel, folder: Path) -> None:
+    """PEFT's adapter files plus the new head, in `folder/adapter/`."""
+    target = folder / ADAPTER_DIR
+    model.body.save_pretrained(str(target))  # type: ignore[operator]
+    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(target / HEAD_FILE))
+
+
+def merge(model: FineTuneModel) -> None:
+    """Fold the adapters into the body's weights; the body is a plain module again."""
+    model.body = model.body.merge_and_unload()  # type: ignore[operator]
+
+
+def attach_adapter(model: FineTuneModel, folder: Path) -> None:
+    """Load a saved adapter and head onto a model built on the pre-trained body (inference only)."""
+    from peft import PeftModel
+
+    model.body = PeftModel.from_pretrained(model.body, str(folder / ADAPTER_DIR))
+    model.head.load_state_dict(load_file(str(folder / ADAPTER_DIR / HEAD_FILE)))
