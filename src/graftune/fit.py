@@ -106,14 +106,15 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
         started = time.perf_counter()
         stage = stages[state.stage]
         row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "stage_index": state.stage,
-                               **trainee.switch.describe(), "lr": current_lrs(trainee.optimizer)}
+                               **trainee.switch.describe()}
         with progress_bar(train_cfg.progress, f"epoch {epoch}/{train_cfg.epochs} ({stage.name})",
                           len(trainee.train_loader) + len(trainee.val_loader)) as advance:
             train_loss = train_one_epoch(trainee.model, trainee.train_loader, trainee.optimizer, trainee.scheduler,
                                          trainee.accelerator, trainee.loss_fn, trainee.grad_clip, advance,
                                          trainee.penalty)
             val = validation_metrics(predict_loader(trainee.model, trainee.val_loader, trainee.accelerator, advance))
-        row.update({"train_loss": train_loss, **val, "seconds": round(time.perf_counter() - started, 3)})
+        row.update({"train_loss": train_loss, "lr": current_lrs(trainee.optimizer), **val,
+                    "seconds": round(time.perf_counter() - started, 3)})
         state.epoch = epoch
         score = val[rule.metric]
         if improved(score, state.best_score, rule):

@@ -14,7 +14,7 @@ from torch import nn
 
 from graftune.backbones.base import Backbone, LayerGroup
 from graftune.config import LoraConfig
-from graftune.strategies import lora_targets
+from graftune.strategies import is_pointwise, lora_targets
 from graftune.surgery import FineTuneModel
 
 ADAPTER_DIR = "adapter"
@@ -26,11 +26,28 @@ def add_lora(backbone: Backbone, cfg: LoraConfig) -> None:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                            target_modules=lora_targets(backbone.body, cfg.targets), bias="none")
+    targets = lora_targets(backbone.body, cfg.targets)
+    _plain_pointwise(backbone.body, targets)
+    config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                            bias="none")
     groups = backbone.groups
     backbone.body = get_peft_model(backbone.body, config)
     backbone.groups = regroup(groups, backbone.body)
+
+
+def _plain_pointwise(body: nn.Module, targets: list[str]) -> None:
+    """PEFT builds adapter layers with the target's own class; subclasses with extra constructor arguments
+    (EfficientNet's same-padding convolutions) break that. A pointwise convolution needs no padding, so
+    it becomes a plain nn.Conv2d with the same parameters and names."""
+    for name in targets:
+        module = body.get_submodule(name)
+        if type(module) is nn.Conv2d or not is_pointwise(module):
+            continue
+        assert isinstance(module, nn.Conv2d)
+        plain = nn.Conv2d(module.in_channels, module.out_channels, 1, bias=module.bias is not None)
+        plain.weight, plain.bias = module.weight, module.bias
+        parent, _, child = name.rpartition(".")
+        setattr(body.get_submodule(parent) if parent else body, child, plain)
 
 
 def regroup(groups: list[LayerGroup], body: nn.Module) -> list[LayerGroup]:

@@ -207,9 +207,14 @@ def lora_targets(body: nn.Module, patterns: list[str] | None) -> list[str]:
     linear = [n for n, m in body.named_modules() if isinstance(m, nn.Linear)]
     if linear:
         return linear
-    pointwise = [n for n, m in body.named_modules()
-                 if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1]
+    pointwise = [n for n, m in body.named_modules() if is_pointwise(m)]
     if not pointwise:
         raise UserError("strategy lora: the body has no linear or 1x1 convolution layer to adapt; "
                         "set strategy.lora.targets.")
     return pointwise
+
+
+def is_pointwise(module: nn.Module) -> bool:
+    """A 1x1, stride-1, ungrouped convolution: a linear map per pixel, whatever padding its class adds."""
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride == (1, 1) \
+        and module.groups == 1 and module.padding in ((0, 0), "valid", "same")
