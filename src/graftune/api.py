@@ -39,9 +39,10 @@ def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrid
     return train_run(cfg, out, overwrite=overwrite, console=console)
 
 
-def load(run_dir: str | Path) -> FineTuned:
-    """Load a fine-tuned model from its run folder."""
-    return load_run(run_dir)
+def load(run_dir: str | Path, adapter: bool = False) -> FineTuned:
+    """Load a fine-tuned model from its run folder; `adapter=True` rebuilds a LoRA run from the
+    pre-trained body and its adapter instead of the merged weights."""
+    return load_run(run_dir, adapter)
 
 
 def predict(run_dir: str | Path, files: list[str] | None = None,

@@ -35,7 +35,9 @@ def user_errors(command: F) -> F:
 
 
 def flags_to_overrides(task: str | None, model: str | None, data: list[str], freeze: str | None,
-                       epochs: int | None, lr: float | None, batch_size: int | None, seed: int | None) -> list[str]:
+                       epochs: int | None, lr: float | None, batch_size: int | None, seed: int | None,
+                       strategy: str | None = None, retain: str | None = None, ewc: float | None = None,
+                       l2sp: float | None = None) -> list[str]:
     """Turn the flag form of `train` into the same `key=value` overrides the config form uses."""
     overrides = [f"task={task}"] if task else []
     if model:
@@ -49,7 +51,8 @@ def flags_to_overrides(task: str | None, model: str | None, data: list[str], fre
         else:
             overrides.append(f"data.train={item}")
     for key, value in (("freeze.body", freeze), ("train.epochs", epochs), ("optim.lr", lr),
-                       ("train.batch_size", batch_size), ("train.seed", seed)):
+                       ("train.batch_size", batch_size), ("train.seed", seed), ("strategy.name", strategy),
+                       ("regularize.retain", retain), ("regularize.ewc", ewc), ("regularize.l2sp", l2sp)):
         if value is not None:
             overrides.append(f"{key}={value}")
     return overrides
@@ -65,6 +68,11 @@ def train(
     model: Annotated[str | None, typer.Option(help="hf:, timm:, torchvision:, module:, run: or a preset")] = None,
     data: Annotated[list[str] | None, typer.Option(help="PATH, or val=PATH / test=PATH")] = None,
     freeze: Annotated[str | None, typer.Option(help="all | none | K | regex[,regex]")] = None,
+    strategy: Annotated[str | None, typer.Option(help="linear-probe, partial, full, gradual, discriminative, "
+                                                      "lp-ft, lora, bitfit, fastai, ulmfit (see `strategies`)")] = None,
+    retain: Annotated[str | None, typer.Option(help="inputs of the original task, for --ewc")] = None,
+    ewc: Annotated[float | None, typer.Option(help="EWC strength (needs --retain)")] = None,
+    l2sp: Annotated[float | None, typer.Option(help="L2-SP strength toward the pre-trained weights")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
@@ -80,7 +88,8 @@ def train(
         return
     if out is None:
         raise UserError("--out RUN is required: the run directory to create.")
-    overrides = flags_to_overrides(task, model, data or [], freeze, epochs, lr, batch_size, seed) + (set_ or [])
+    overrides = flags_to_overrides(task, model, data or [], freeze, epochs, lr, batch_size, seed, strategy, retain,
+                                   ewc, l2sp) + (set_ or [])
     if config is None and not overrides:
         raise UserError("give a CONFIG.yaml, or --task, --model and --data.")
     train_api(config if config is not None else {}, out=out, overrides=overrides, overwrite=overwrite,
@@ -126,6 +135,15 @@ def predict(
             typer.echo(json.dumps(result))
         else:
             typer.echo(f"{result['input']}\t{result['label']}\t{result['probabilities'][result['label']]:.3f}")
+
+
+@app.command()
+def strategies() -> None:
+    """The named fine-tuning strategies and when to use each."""
+    from graftune.strategies import DESCRIPTIONS
+
+    for name, text in DESCRIPTIONS.items():
+        typer.echo(f"{name:<15} {text}")
 
 
 @app.command()

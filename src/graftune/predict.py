@@ -9,14 +9,32 @@ import torch
 
 from graftune.artifacts import FineTuned, load_model_folder
 from graftune.backbones import ImagePreprocess
+from graftune.config import HeadConfig, load_config
 from graftune.data.readers import IMAGE_SUFFIXES, _read_text
 from graftune.errors import UserError
+from graftune.lora import ADAPTER_DIR, attach_adapter
+from graftune.pipeline import prepare_backbone
 from graftune.rundir import RunDir
+from graftune.surgery import FineTuneModel, build_head
 from graftune.tasks import get_task
 
 
-def load_run(run_dir: str | Path) -> FineTuned:
-    return load_model_folder(RunDir(run_dir).require().model)
+def load_run(run_dir: str | Path, adapter: bool = False) -> FineTuned:
+    """The saved model of a run; with `adapter`, the pre-trained body plus the run's LoRA adapter and head."""
+    run = RunDir(run_dir).require()
+    merged = load_model_folder(run.model)
+    if not adapter:
+        return merged
+    if not (run.model / ADAPTER_DIR).is_dir():
+        raise UserError(f"{run.model}: no LoRA adapter here; only runs with strategy lora save one.")
+    cfg = load_config(run.config)
+    backbone = prepare_backbone(cfg, get_task(cfg.task))
+    head = build_head(HeadConfig.model_validate(merged.info["head"]), backbone.feature_dim, len(merged.labels),
+                      merged.info["pooling"])
+    model = FineTuneModel(backbone.body, merged.info["pooling"], head, merged.info.get("batchnorm", "frozen"))
+    attach_adapter(model, run.model)
+    model.eval()
+    return FineTuned(model, backbone, merged.labels, merged.task, merged.info)
 
 
 def read_inputs(fine_tuned: FineTuned, files: list[str], texts: list[str]) -> list[tuple[str, str]]:
