@@ -125,7 +125,7 @@ class RegularizeConfig(Section):
     """Pulls toward what the model knew, and against overfitting small data."""
 
     l2sp: float = Field(0.0, ge=0, description="L2-SP strength: distance of the body to its pre-trained weights")
-    l2sp_head: float = Field(0.0, ge=0, description="with L2-SP: plain L2 on the new head")
+    l2sp_head: float = Field(0.01, ge=0, description="with L2-SP: plain L2 on the new head (beta)")
     ewc: float = Field(0.0, ge=0, description="EWC strength; needs regularize.retain")
     retain: str | None = Field(None, description="inputs of the original task (folder, CSV/JSONL, text file) "
                                                  "to estimate EWC's Fisher information")

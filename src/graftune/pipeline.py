@@ -160,7 +160,8 @@ def _token_limit(backbone: Backbone) -> int:
 def resolve_defaults(cfg: Config, backbone: Backbone) -> None:
     """Name the strategy and fill learning rates left unset, then refuse combinations that do nothing.
 
-    A head on a frozen body gets 1e-3; a body that trains gets 5e-5 (text) or 3e-4 (images) and its
+    A head on a frozen body gets 1e-2 (a linear probe is a convex problem that tolerates, and needs,
+    large steps); a body that trains gets 5e-5 (text) or 3e-4 (images) and its
     head 20x that, capped at 1e-3. Adapters and biases (lora, bitfit) learn from scratch-like
     starting points and take larger rates: 5e-4 and 1e-3.
     """
@@ -169,7 +170,7 @@ def resolve_defaults(cfg: Config, backbone: Backbone) -> None:
     check_regularization(cfg, name, backbone.modality)
     cfg.strategy.name = name  # type: ignore[assignment]
     if cfg.optim.lr is None:
-        body_lr = {"linear-probe": 1e-3, "bitfit": 1e-3, "lora": 5e-4}.get(name)
+        body_lr = {"linear-probe": 1e-2, "bitfit": 1e-3, "lora": 5e-4}.get(name)
         cfg.optim.lr = body_lr or (5e-5 if backbone.modality == "text" else 3e-4)
     if cfg.optim.head_lr is None:
         cfg.optim.head_lr = cfg.optim.lr if name == "linear-probe" else min(1e-3, max(cfg.optim.lr, cfg.optim.lr * 20))

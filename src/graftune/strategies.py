@@ -34,7 +34,8 @@ DESCRIPTIONS: dict[str, str] = {
                "strategy.unfreeze_every epochs. Use to avoid wrecking pre-trained features with a random head.",
     "discriminative": "Full fine-tuning with layer-wise rate decay: each group down the depth gets "
                       "strategy.lr_decay (default 0.8) times the rate above it. General layers move least.",
-    "lp-ft": "Linear probe until validation plateaus, then full fine-tuning at the body's low rate. Keeps "
+    "lp-ft": "Linear probe (head at 10x head_lr) until validation plateaus, then full fine-tuning at the body's "
+             "low rate. Keeps "
              "features that a random head would distort; good out-of-distribution accuracy (Kumar et al. 2022).",
     "lora": "Low-rank adapters (PEFT) on the linear layers, plus the head. Few trainable parameters, small "
             "checkpoints, little forgetting; exports the adapter and a merged model.",
@@ -49,6 +50,7 @@ DESCRIPTIONS: dict[str, str] = {
 
 ULMFIT_DECAY = 1 / 2.6  # Howard & Ruder 2018, section 3.2
 FASTAI_LR_MULT = 100.0  # fastai's fine_tune(lr_mult=100)
+PROBE_LR_FACTOR = 10.0  # lp-ft's probe stage: a linear probe takes larger steps than a head on a moving body
 SCHEDULE_WARMUP = {"one-cycle": 0.25, "slanted-triangular": 0.1}  # fastai pct_start, ULMFiT cut_frac
 
 
@@ -106,7 +108,7 @@ def plan(cfg: Config, num_groups: int) -> list[Stage]:
         return _gradual(base, num_groups, strategy.unfreeze_every)
     if name == "lp-ft":
         return [replace(base, name="probe", train="head", epochs=probe_epochs,
-                        plateau_patience=strategy.plateau_patience),
+                        head_lr=PROBE_LR_FACTOR * optim.head_lr, plateau_patience=strategy.plateau_patience),
                 replace(base, name="fine-tune", head_lr=optim.lr)]
     if name == "fastai":
         top = optim.head_lr / 2  # fine_tune halves the base rate after the frozen epoch
