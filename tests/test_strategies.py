@@ -107,11 +107,11 @@ def test_gradual_unfreezes_one_group_per_stage_from_the_top() -> None:
     assert {(s.lr, s.head_lr, s.lr_decay) for s in stages} == {(LR, HEAD_LR, 1.0)}
 
 
-def test_lp_ft_probes_until_plateau_then_fine_tunes_at_the_body_rate() -> None:
+def test_lp_ft_probes_fast_until_plateau_then_fine_tunes_at_the_body_rate() -> None:
     probe, tune = stages_of("lp-ft", plateau_patience=2)
     assert (probe.name, probe.train, probe.epochs, probe.plateau_patience) == ("probe", "head", 3, 2)
     assert (tune.name, tune.train, tune.epochs, tune.plateau_patience) == ("fine-tune", "all", None, None)
-    assert probe.head_lr == HEAD_LR and tune.head_lr == tune.lr == LR
+    assert probe.head_lr == pytest.approx(10 * HEAD_LR) and tune.head_lr == tune.lr == LR  # the probe at 10x
     assert stages_of("lp-ft", probe_epochs=1)[0].epochs == 1
 
 
@@ -305,7 +305,7 @@ def value(penalty: AnchorPenalty) -> float:
 
 def test_anchor_penalty_is_zero_at_the_anchors_and_grows_with_distance() -> None:
     model, _ = tiny_model()
-    penalty = AnchorPenalty(model, RegularizeConfig(l2sp=2.0))
+    penalty = AnchorPenalty(model, RegularizeConfig(l2sp=2.0, l2sp_head=0.0))
     assert value(penalty) == 0.0 and penalty.distance() == 0.0
     weight = model.body.model.layer3[1].conv.weight
     with torch.no_grad():
