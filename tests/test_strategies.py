@@ -229,6 +229,17 @@ def test_never_frozen_groups_stay_frozen_in_every_stage() -> None:
     assert trainable_by_group(model, groups) == {"stem": False, **{g: True for g in GROUPS[1:]}}
 
 
+def test_discriminative_rates_count_only_groups_that_can_train() -> None:
+    """With the top group held frozen by freeze.body, the top group that trains still gets the full rate."""
+    model, groups = tiny_model()
+    never = frozen_parameter_names([r"^model\.layer3\."], groups, model.body)
+    stages = stages_of("discriminative", trainable_group_count(groups, never))
+    rates = switch_for(model, groups, stages, never).group_lrs(stages[0])
+    assert rates["model.layer2"] == pytest.approx(LR)
+    assert rates["model.layer1"] == pytest.approx(LR * 0.8)
+    assert rates["stem"] == pytest.approx(LR * 0.8 ** 2)
+
+
 def test_affine_only_trains_batchnorm_affine_even_in_a_head_only_stage() -> None:
     model, groups = tiny_model("affine-only")
     optimizer = switch_for(model, groups, stages_of("linear-probe"), batchnorm="affine-only").enter(0, None)

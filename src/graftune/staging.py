@@ -14,7 +14,7 @@ import torch
 from graftune.backbones.base import LayerGroup
 from graftune.freezing import apply_freeze, trainable_groups
 from graftune.optim import build_optimizer, build_schedule, grow_optimizer, parameter_groups
-from graftune.strategies import Stage, stage_trainable
+from graftune.strategies import Stage, eligible_groups, stage_trainable
 from graftune.surgery import FineTuneModel, parameter_summary
 
 
@@ -37,12 +37,20 @@ class StageSwitch:
         body = self.model.body
         trainable = stage_trainable(stage, self.groups, body, self.never, self.batchnorm)
         apply_freeze(body, {name for name, _ in body.named_parameters()} - trainable)
-        param_groups = parameter_groups(self.model, self.groups, stage.group_lrs([g.name for g in self.groups]),
-                                        stage.head_lr, self.weight_decay, self.body_weight_decay)
+        param_groups = parameter_groups(self.model, self.groups, self.group_lrs(stage), stage.head_lr,
+                                        self.weight_decay, self.body_weight_decay)
         if optimizer is None:
             return build_optimizer(param_groups)
         grow_optimizer(optimizer, param_groups)
         return optimizer
+
+    def group_lrs(self, stage: Stage) -> dict[str, float]:
+        """Discriminative rates count only the groups that can train, so the top trainable group gets the
+        stage's `lr` wherever freeze.body holds groups back; the others (frozen but for affine-only
+        BatchNorm) get the lowest rate."""
+        rates = stage.group_lrs([g.name for g in eligible_groups(self.groups, self.never)])
+        lowest = min(rates.values(), default=stage.lr)
+        return {g.name: rates.get(g.name, lowest) for g in self.groups}
 
     def replay(self, index: int) -> torch.optim.Optimizer:
         """The optimizer as it was after entering stages 0..index in turn (for resume)."""

@@ -175,20 +175,20 @@ def stage_trainable(stage: Stage, groups: list[LayerGroup], body: nn.Module, nev
     elif stage.train == "lora":
         chosen = {n for n in names if ".lora_" in n}
     else:
-        chosen = {p for group in _eligible(groups, never)[-int(stage.train):] for p in group.params}
+        chosen = {p for group in eligible_groups(groups, never)[-int(stage.train):] for p in group.params}
     chosen -= never
     if batchnorm == "affine-only":
         chosen |= batchnorm_affine(body)
     return chosen
 
 
-def _eligible(groups: list[LayerGroup], never: set[str]) -> list[LayerGroup]:
+def eligible_groups(groups: list[LayerGroup], never: set[str]) -> list[LayerGroup]:
+    """Layer groups a strategy can unfreeze: those not wholly kept frozen by freeze.body."""
     return [g for g in groups if any(p not in never for p in g.params)]
 
 
 def trainable_group_count(groups: list[LayerGroup], never: set[str]) -> int:
-    """Layer groups a strategy can unfreeze: those not wholly kept frozen by freeze.body."""
-    return len(_eligible(groups, never))
+    return len(eligible_groups(groups, never))
 
 
 def batchnorm_affine(body: nn.Module) -> set[str]:
