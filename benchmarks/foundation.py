@@ -170,7 +170,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         lines.append((r["task"], r["model"], f"{r['train']}/{r['val']}/{r['test']}", str(r["epochs_run"]),
                       str(r["best_epoch"]), f"{r['test_accuracy']:.4f}", f"{r['test_macro_f1']:.4f}",
                       f">= {r['target']:.2f}", verdict, f"{r['seconds']:.0f}", f"{r['peak_rss_mib']:.0f} MiB"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    print_aligned(lines)
+
+
+def print_aligned(lines: list[tuple[str, ...]]) -> None:
+    """Print rows as aligned columns, the first row as a header underlined with dashes."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
         if n == 0:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.foundation import SEED, build_bbc, build_fmnist, machine
+from benchmarks.foundation import SEED, build_bbc, build_fmnist, machine, print_aligned
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -127,11 +127,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     lines = [head] + [(r["task"], r["variant"], f"{r['test_accuracy']:.4f}", f"{r['test_macro_f1']:.4f}",
                        f"{r['seconds']:.0f}", f"{r['trainable_params']:,}", f"{r['peak_rss_mib']:.0f} MiB",
                        f"{r['body_shift']:.4f}", f"{r['best_epoch']}/{r['epochs_run']}") for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
