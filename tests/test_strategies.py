@@ -18,10 +18,11 @@ from graftune.backbones.base import LayerGroup, generic_groups
 from graftune.config import Config, HeadConfig, RegularizeConfig, validate
 from graftune.errors import UserError
 from graftune.freezing import apply_freeze, frozen_parameter_names
+from graftune.lora import is_pointwise, lora_targets
 from graftune.optim import grow_optimizer, lr_multiplier
 from graftune.regularize import AnchorPenalty, check, fisher_diagonal, mixing_collate
 from graftune.staging import StageSwitch
-from graftune.strategies import Stage, is_pointwise, lora_targets, plan, resolve_name, trainable_group_count
+from graftune.strategies import Stage, plan, resolve_name, trainable_group_count
 from graftune.surgery import FineTuneModel, build_head
 
 LR, HEAD_LR = 1e-4, 1e-3

@@ -7,6 +7,7 @@ rates and metrics keep working by group.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -14,7 +15,7 @@ from torch import nn
 
 from graftune.backbones.base import Backbone, LayerGroup
 from graftune.config import LoraConfig
-from graftune.strategies import is_pointwise, lora_targets
+from graftune.errors import UserError
 from graftune.surgery import FineTuneModel
 
 ADAPTER_DIR = "adapter"
@@ -80,3 +81,27 @@ def attach_adapter(model: FineTuneModel, folder: Path) -> None:
 
     model.body = PeftModel.from_pretrained(model.body, str(folder / ADAPTER_DIR))
     model.head.load_state_dict(load_file(str(folder / ADAPTER_DIR / HEAD_FILE)))
+
+
+def lora_targets(body: nn.Module, patterns: list[str] | None) -> list[str]:
+    """Module names LoRA adapts: the regexes given, or every linear layer (1x1 convolutions in a CNN)."""
+    if patterns:
+        chosen = [n for n, m in body.named_modules() if n and any(re.search(p, n) for p in patterns)
+                  and isinstance(m, (nn.Linear, nn.Conv2d))]
+        if not chosen:
+            raise UserError(f"strategy.lora.targets: {patterns} match no linear or convolution layer.")
+        return chosen
+    linear = [n for n, m in body.named_modules() if isinstance(m, nn.Linear)]
+    if linear:
+        return linear
+    pointwise = [n for n, m in body.named_modules() if is_pointwise(m)]
+    if not pointwise:
+        raise UserError("strategy lora: the body has no linear or 1x1 convolution layer to adapt; "
+                        "set strategy.lora.targets.")
+    return pointwise
+
+
+def is_pointwise(module: nn.Module) -> bool:
+    """A 1x1, stride-1, ungrouped convolution: a linear map per pixel, whatever padding its class adds."""
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride == (1, 1) \
+        and module.groups == 1 and module.padding in ((0, 0), "valid", "same")

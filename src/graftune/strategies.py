@@ -14,7 +14,6 @@ body parameters a stage trains. Nothing else decides what is frozen.
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -196,27 +195,3 @@ def batchnorm_affine(body: nn.Module) -> set[str]:
     return {f"{module_name}.{param_name}".lstrip(".")
             for module_name, module in body.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
             for param_name, _ in module.named_parameters(recurse=False)}
-
-
-def lora_targets(body: nn.Module, patterns: list[str] | None) -> list[str]:
-    """Module names LoRA adapts: the regexes given, or every linear layer (1x1 convolutions in a CNN)."""
-    if patterns:
-        chosen = [n for n, m in body.named_modules() if n and any(re.search(p, n) for p in patterns)
-                  and isinstance(m, (nn.Linear, nn.Conv2d))]
-        if not chosen:
-            raise UserError(f"strategy.lora.targets: {patterns} match no linear or convolution layer.")
-        return chosen
-    linear = [n for n, m in body.named_modules() if isinstance(m, nn.Linear)]
-    if linear:
-        return linear
-    pointwise = [n for n, m in body.named_modules() if is_pointwise(m)]
-    if not pointwise:
-        raise UserError("strategy lora: the body has no linear or 1x1 convolution layer to adapt; "
-                        "set strategy.lora.targets.")
-    return pointwise
-
-
-def is_pointwise(module: nn.Module) -> bool:
-    """A 1x1, stride-1, ungrouped convolution: a linear map per pixel, whatever padding its class adds."""
-    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride == (1, 1) \
-        and module.groups == 1 and module.padding in ((0, 0), "valid", "same")
