@@ -13,6 +13,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Feature caches of test runs go to a temporary folder, not the user's ~/.cache."""
+    os.environ["GRAFTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
 @pytest.fixture(scope="session")
 def bbc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 real BBC News articles per topic (80 in all) as TOPIC/NNN.txt."""

@@ -143,3 +143,30 @@ def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# --- counting body calls (feature cache tests) --------------------------------------------------------------
+
+BODY_EXAMPLES = {"count": 0}  # examples that went through counting_cnn's body since the last reset
+
+
+def counting_cnn(num_classes: int = 3) -> TinyResNet:
+    """Factory for `module:helpers:counting_cnn`: tiny_cnn that counts the examples its body sees."""
+    model = tiny_cnn(num_classes)
+
+    def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        BODY_EXAMPLES["count"] += output.shape[0]
+
+    model.layer1.register_forward_hook(count)
+    return model
+
+
+def write_colour_folders(root: Path, per_class: int = 8, seed: int = 0) -> Path:
+    """Three classes of noisy solid-colour PNGs (red, green, blue) as ROOT/LABEL/N.png."""
+    generator = torch.Generator().manual_seed(seed)
+    for label, base in (("red", (200, 40, 40)), ("green", (40, 200, 40)), ("blue", (40, 40, 200))):
+        for n in range(per_class):
+            noise = torch.randint(-40, 40, (3,), generator=generator).tolist()
+            r, g, b = (min(255, max(0, c + d)) for c, d in zip(base, noise, strict=True))
+            write_png(root / label / f"{n}.png", (r, g, b))
+    return root

@@ -15,7 +15,7 @@ from graftune.backbones.base import generic_groups
 from graftune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from graftune.config import EarlyStopConfig, HeadConfig
 from graftune.errors import UserError
-from graftune.fit import EpochSampler, improved
+from graftune.fit import improved
 from graftune.optim import build_optimizer, build_schedule, parameter_groups
 from graftune.rundir import RunDir
 from graftune.surgery import FineTuneModel, build_head
@@ -81,6 +81,23 @@ def test_checkpoint_is_complete_only_with_state_json(tmp_path: Path) -> None:
         "model.safetensors", "optimizer.pt", "scheduler.pt", "state.json"]
     save_checkpoint(tmp_path / "last", model, optimizer, schedule, {"epoch": 2})  # overwrites in place
     assert json.loads((tmp_path / "last" / "state.json").read_text()) == {"epoch": 2}
+
+
+def test_best_weights_share_the_checkpoint_file_and_keep_their_epoch(tmp_path: Path) -> None:
+    model, optimizer, schedule = training_setup(seed=0)
+    step(model, optimizer, schedule, seed=0)
+    save_checkpoint(tmp_path / "last", model, optimizer, schedule, {"epoch": 1}, best=tmp_path / "best")
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == \
+        (tmp_path / "last" / "model.safetensors").read_bytes()
+    step(model, optimizer, schedule, seed=1)  # epoch 2 is worse: only the last checkpoint changes
+    save_checkpoint(tmp_path / "last", model, optimizer, schedule, {"epoch": 2})
+    restored, _, _ = training_setup(seed=99)
+    load_weights(restored, tmp_path / "best" / "model.safetensors")
+    assert all(torch.equal(best_state[k], v) for k, v in restored.state_dict().items())
+    load_weights(restored, tmp_path / "last" / "model.safetensors")
+    assert not all(torch.equal(best_state[k], v) for k, v in restored.state_dict().items())
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["model.safetensors"]
 
 
 def test_checkpoint_files_load_with_weights_only(tmp_path: Path) -> None:
@@ -182,34 +199,6 @@ def test_require_and_write_json(tmp_path: Path) -> None:
     run.write_json(run.results, {"test": {"accuracy": 1.0}})
     assert json.loads(run.results.read_text()) == {"test": {"accuracy": 1.0}}
     assert not run.results.with_suffix(".json.tmp").exists()
-
-
-# --- epoch order -------------------------------------------------------------------------------------------
-
-
-def order(size: int, seed: int, epoch: int) -> list[int]:
-    sampler = EpochSampler(size, seed)
-    sampler.set_epoch(epoch)
-    return list(sampler)
-
-
-def test_epoch_sampler_is_deterministic_per_seed_and_epoch() -> None:
-    assert order(50, seed=1, epoch=2) == order(50, seed=1, epoch=2)
-    assert order(50, seed=1, epoch=2) != order(50, seed=1, epoch=3)
-    assert order(50, seed=1, epoch=2) != order(50, seed=2, epoch=2)
-    assert sorted(order(50, seed=1, epoch=2)) == list(range(50))
-    assert len(EpochSampler(50, 0)) == 50
-
-
-def test_epoch_sampler_resumes_with_the_same_order() -> None:
-    sampler = EpochSampler(20, seed=7)
-    sampler.set_epoch(1)
-    first = list(sampler)
-    sampler.set_epoch(2)
-    second = list(sampler)
-    resumed = EpochSampler(20, seed=7)  # a new process after a crash
-    resumed.set_epoch(2)
-    assert list(resumed) == second != first
 
 
 def test_improved() -> None:

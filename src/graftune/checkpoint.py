@@ -10,6 +10,8 @@ never unpickles code.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,33 @@ from graftune.artifacts import load_weights, save_weights
 
 
 def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: dict[str, Any]) -> None:
-    """Write the last checkpoint; `state.json` goes last, so a checkpoint with it is complete."""
+                    state: dict[str, Any], best: Path | None = None) -> None:
+    """Write the last checkpoint; `state.json` goes last, so a checkpoint with it is complete.
+
+    With `best`, the same weights also become the best model: linked (or copied) from the file just
+    written instead of serialized a second time, and before `state.json`, which names the best epoch.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "state.json").unlink(missing_ok=True)
     save_weights(model, folder / "model.safetensors")
+    if best is not None:
+        share_file(folder / "model.safetensors", best / "model.safetensors")
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     torch.save({"scheduler": scheduler.state_dict()}, folder / "scheduler.pt")
     (folder / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def share_file(source: Path, target: Path) -> None:
+    """Make `target` hold what `source` holds now: a hard link where the file system has them, else a copy.
+    Later writes replace `source` with a new file (save_weights renames), so the link keeps this version."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    tmp.replace(target)
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

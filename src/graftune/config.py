@@ -55,6 +55,8 @@ class DataConfig(Section):
     max_length: int = Field(256, gt=0, description="token limit for text backbones")
     image_size: int | None = Field(None, gt=0, description="input size; default: the backbone's own")
     augment: bool = Field(True, description="random resized crop + horizontal flip on training images")
+    group_by_length: bool = Field(True, description="text: training batches of similar lengths (shuffled "
+                                                    "buckets), so little compute goes to padding")
 
 
 class HeadConfig(Section):
@@ -162,6 +164,16 @@ class TrainConfig(Section):
     progress: bool = True
 
 
+class CacheConfig(Section):
+    """Body features computed once for the stages that train only the head (see graftune/features.py)."""
+
+    features: bool = Field(True, description="cache a frozen body's features while only the head trains")
+    dir: str | None = Field(None, description="cache folder; default $GRAFTUNE_CACHE_DIR or "
+                                              "~/.cache/graftune/features")
+    views: int = Field(4, ge=0, description="with data.augment: augmented views cached per training image; "
+                                            "0: run the body on fresh crops every epoch")
+
+
 class Config(Section):
     """A whole run. `graftune train` writes the resolved version to RUN/config.yaml."""
 
@@ -174,6 +186,7 @@ class Config(Section):
     regularize: RegularizeConfig = RegularizeConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    cache: CacheConfig = CacheConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

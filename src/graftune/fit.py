@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,33 +13,17 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from torch import nn
 
-from graftune.artifacts import save_weights
 from graftune.checkpoint import save_checkpoint
 from graftune.config import EarlyStopConfig, TrainConfig
 from graftune.evaluation import validation_metrics
+from graftune.features import FeatureFeeds
 from graftune.loop import predict_loader, train_one_epoch
 from graftune.optim import current_lrs
 from graftune.progress import progress_bar
 from graftune.rundir import RunDir
+from graftune.sampling import ShuffledBatches
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Shuffles differently every epoch, but the same way for the same (seed, epoch): resumable."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 @dataclass
@@ -71,12 +55,20 @@ class Trainee:
     accelerator: Any
     train_loader: Any
     val_loader: Any
-    sampler: EpochSampler
+    batches: ShuffledBatches  # the training batches of every epoch, cached or live
     loss_fn: nn.Module
     grad_clip: float | None
     switch: StageSwitch
     steps_per_epoch: int
     penalty: Callable[[], torch.Tensor] | None = None
+    feeds: FeatureFeeds | None = None  # cached body features for stages that train only the head
+
+    def loaders(self) -> tuple[Any, Any]:
+        """This epoch's (train, val) loaders: cached features while only the head trains."""
+        if self.feeds is None or not self.switch.head_only():
+            return self.train_loader, self.val_loader
+        train, val = self.feeds.loaders()
+        return train if train is not None else self.train_loader, val
 
 
 def improved(score: float, best: float | None, rule: EarlyStopConfig) -> bool:
@@ -98,28 +90,29 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
     rule, stages = train_cfg.early_stopping, trainee.switch.stages
     for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
         set_seed(train_cfg.seed * 1_000 + epoch)  # augmentation and dropout: same draws on resume
+        started = time.perf_counter()
+        train_loader, val_loader = trainee.loaders()
         # Accelerate's loader re-sets the sampler's epoch from its own per-process counter on every
         # iteration; telling the loader keeps shuffles tied to the epoch, so a resumed run matches.
-        if hasattr(trainee.train_loader, "set_epoch"):
-            trainee.train_loader.set_epoch(epoch)
-        trainee.sampler.set_epoch(epoch)
-        started = time.perf_counter()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        trainee.batches.set_epoch(epoch)
         stage = stages[state.stage]
         row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "stage_index": state.stage,
-                               **trainee.switch.describe()}
+                               **trainee.switch.describe(), "cached_features": train_loader is not trainee.train_loader}
         with progress_bar(train_cfg.progress, f"epoch {epoch}/{train_cfg.epochs} ({stage.name})",
-                          len(trainee.train_loader) + len(trainee.val_loader)) as advance:
-            train_loss = train_one_epoch(trainee.model, trainee.train_loader, trainee.optimizer, trainee.scheduler,
+                          len(train_loader) + len(val_loader)) as advance:
+            train_loss = train_one_epoch(trainee.model, train_loader, trainee.optimizer, trainee.scheduler,
                                          trainee.accelerator, trainee.loss_fn, trainee.grad_clip, advance,
                                          trainee.penalty)
-            val = validation_metrics(predict_loader(trainee.model, trainee.val_loader, trainee.accelerator, advance))
+            val = validation_metrics(predict_loader(trainee.model, val_loader, trainee.accelerator, advance))
         row.update({"train_loss": train_loss, "lr": current_lrs(trainee.optimizer), **val,
                     "seconds": round(time.perf_counter() - started, 3)})
         state.epoch = epoch
         score = val[rule.metric]
-        if improved(score, state.best_score, rule):
+        better = improved(score, state.best_score, rule)
+        if better:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-            save_weights(trainee.accelerator.unwrap_model(trainee.model), run.best / "model.safetensors")
         else:
             state.bad_epochs += 1
         last_stage = state.stage == len(stages) - 1
@@ -129,7 +122,7 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
         if trainee.accelerator.is_main_process:
             run.append_metrics(row)
             save_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
-                            trainee.scheduler, state.to_json())
+                            trainee.scheduler, state.to_json(), best=run.best if better else None)
         console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {train_loss:.4f}  "
                       f"val_loss {val['val_loss']:.4f}  val_accuracy {val['val_accuracy']:.4f}  "
                       f"({row['seconds']:.0f} s)")

@@ -19,13 +19,15 @@ from torch.utils.data import DataLoader
 
 from graftune.artifacts import load_weights, save_model_folder
 from graftune.backbones import Backbone, ImagePreprocess, TextPreprocess, load_backbone
+from graftune.backbones.base import Preprocess
 from graftune.checkpoint import checkpoint_state, has_checkpoint, load_checkpoint
 from graftune.config import Config, load_config
 from graftune.data.readers import Example, read_examples, read_unlabelled, split_folders
 from graftune.data.splits import Splits, check_labels, stratified_split
 from graftune.errors import UserError
 from graftune.evaluation import classification_metrics
-from graftune.fit import EpochSampler, FitState, Trainee, fit
+from graftune.features import FeatureFeeds, FeatureStore, Split, default_cache_dir
+from graftune.fit import FitState, Trainee, fit
 from graftune.freezing import frozen_parameter_names
 from graftune.loop import predict_loader
 from graftune.lora import add_lora, merge, save_adapter
@@ -33,6 +35,7 @@ from graftune.plots import confusion_matrix_plot, learning_curves
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal, mixing_collate
 from graftune.regularize import check as check_regularization
 from graftune.rundir import RunDir
+from graftune.sampling import FixedBatches, ShuffledBatches, sorted_batches, token_lengths
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage, plan, resolve_name, trainable_group_count
 from graftune.surgery import FineTuneModel, build_head, parameter_summary, resolve_pooling
@@ -90,7 +93,8 @@ def _execute(cfg: Config, run: RunDir, resume: bool, console: Console) -> RunRes
     if not resume:
         run.write_json(run.strategy, {"name": cfg.strategy.name, "stages": [stage.to_json() for stage in stages],
                                       "groups": [group.name for group in backbone.groups]})
-    trainee, test_loader = _prepare_training(cfg, task, backbone, model, splits, labels, optimizer, switch, state)
+    trainee, test_loader = _prepare_training(cfg, task, backbone, model, splits, labels, optimizer, switch, state,
+                                             console)
     if resuming:
         load_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
                         trainee.scheduler)
@@ -202,19 +206,23 @@ def graft(cfg: Config, backbone: Backbone, num_classes: int) -> FineTuneModel:
 
 def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTuneModel, splits: Splits,
                       labels: list[str], optimizer: torch.optim.Optimizer, switch: StageSwitch,
-                      state: FitState) -> tuple[Trainee, Any]:
+                      state: FitState, console: Console) -> tuple[Trainee, Any]:
     index = {label: i for i, label in enumerate(labels)}
-    train_items = [(e.input, index[e.label]) for e in splits.train]
-    sampler = EpochSampler(len(train_items), cfg.train.seed)
+    train_items = _items(splits.train, index)
+    lengths = _lengths(backbone.preprocess, train_items)
+    batches = ShuffledBatches(cfg.train.batch_size, cfg.train.seed, size=len(train_items),
+                              lengths=lengths if cfg.data.group_by_length else None)
     augment = cfg.data.augment and isinstance(backbone.preprocess, ImagePreprocess)
     collate = task.make_collate(backbone.preprocess, augment)
     reg = cfg.regularize
     if reg.mixup or reg.cutmix:
         collate = mixing_collate(collate, len(labels), reg.mixup, reg.cutmix)
-    train_loader: Any = DataLoader(train_items, batch_size=cfg.train.batch_size, sampler=sampler,  # type: ignore[arg-type]
-                                   collate_fn=collate, num_workers=cfg.train.num_workers)
-    val_loader, test_loader = (eval_loader(task, backbone, part, index, cfg.train.eval_batch_size,
-                                           cfg.train.num_workers) for part in (splits.val, splits.test))
+    train_loader: Any = DataLoader(train_items, batch_sampler=batches, collate_fn=collate,  # type: ignore[arg-type]
+                                   num_workers=cfg.train.num_workers)
+    val_batches = eval_batches(backbone, splits.val, cfg.train.eval_batch_size)
+    val_loader = eval_loader(task, backbone, splits.val, index, cfg.train.eval_batch_size, cfg.train.num_workers,
+                             val_batches)
+    test_loader = eval_loader(task, backbone, splits.test, index, cfg.train.eval_batch_size, cfg.train.num_workers)
     accelerator = Accelerator(mixed_precision=_precision(cfg.train.mixed_precision),
                               gradient_accumulation_steps=cfg.train.grad_accum)
     prepared, wrapped, train_loader, val_loader, test_loader = accelerator.prepare(
@@ -226,9 +234,34 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
         fisher = _retain_fisher(cfg, task, backbone, model) if reg.ewc else None
         penalty = AnchorPenalty(model, reg, fisher)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    trainee = Trainee(prepared, wrapped, scheduler, accelerator, train_loader, val_loader, sampler, loss_fn,
-                      cfg.optim.grad_clip, switch, steps_per_epoch, penalty)
+    feeds = None
+    if cfg.cache.features:
+        feeds = FeatureFeeds(
+            model, accelerator, lambda aug: task.make_collate(backbone.preprocess, aug),
+            Split(train_items, sorted_batches(lengths, cfg.train.eval_batch_size, len(train_items))),
+            Split(_items(splits.val, index), val_batches),
+            batches, views=_cached_views(cfg, augment), augment=augment,
+            store=FeatureStore(default_cache_dir(cfg.cache.dir), console), preprocess=backbone.preprocess,
+            modality=task.modality, seed=cfg.train.seed, num_workers=cfg.train.num_workers, console=console)
+    trainee = Trainee(prepared, wrapped, scheduler, accelerator, train_loader, val_loader, batches, loss_fn,
+                      cfg.optim.grad_clip, switch, steps_per_epoch, penalty, feeds)
     return trainee, test_loader
+
+
+def _cached_views(cfg: Config, augment: bool) -> int:
+    """Training views to cache: one plain view, K augmented ones, or 0 (train live) when inputs are mixed."""
+    if cfg.regularize.mixup or cfg.regularize.cutmix:
+        return 0
+    return cfg.cache.views if augment else 1
+
+
+def _items(examples: list[Example], index: dict[str, int]) -> list[tuple[str, int]]:
+    return [(e.input, index[e.label]) for e in examples]
+
+
+def _lengths(preprocess: Preprocess, items: list[tuple[str, int]]) -> list[int] | None:
+    """Tokens per text (for batching by length); None for images, which all have one size."""
+    return token_lengths([x for x, _ in items], preprocess) if isinstance(preprocess, TextPreprocess) else None
 
 
 def _retain_fisher(cfg: Config, task: Task, backbone: Backbone, model: FineTuneModel) -> dict[str, torch.Tensor]:
@@ -240,11 +273,17 @@ def _retain_fisher(cfg: Config, task: Task, backbone: Backbone, model: FineTuneM
 
 
 def eval_loader(task: Task, backbone: Backbone, examples: list[Example], index: dict[str, int],
-                batch_size: int, num_workers: int = 0) -> DataLoader[Any]:
-    """Unshuffled, unaugmented batches for validation, test and `graftune evaluate`."""
-    items = [(e.input, index[e.label]) for e in examples]
-    return DataLoader(items, batch_size=batch_size, shuffle=False,  # type: ignore[arg-type]
+                batch_size: int, num_workers: int = 0, batches: FixedBatches | None = None) -> DataLoader[Any]:
+    """Unshuffled, unaugmented batches for validation, test and `graftune evaluate`; texts come
+    longest first, so batches hold texts of similar length and little padding."""
+    batches = batches if batches is not None else eval_batches(backbone, examples, batch_size)
+    return DataLoader(_items(examples, index), batch_sampler=batches,  # type: ignore[arg-type]
                       collate_fn=task.make_collate(backbone.preprocess, False), num_workers=num_workers)
+
+
+def eval_batches(backbone: Backbone, examples: list[Example], batch_size: int) -> FixedBatches:
+    items = [(e.input, 0) for e in examples]
+    return sorted_batches(_lengths(backbone.preprocess, items), batch_size, len(items))
 
 
 def _precision(choice: str) -> str:

@@ -66,6 +66,11 @@ class StageSwitch:
         epochs = min(stage.epochs, left) if stage.epochs is not None else left
         return build_schedule(optimizer, stage.schedule, epochs * steps_per_epoch, stage.warmup_ratio)
 
+    def head_only(self) -> bool:
+        """Only the head trains now, and the body computes the same features every epoch (nothing in it
+        trains and no BatchNorm updates its statistics): the feature cache may stand in for it."""
+        return self.batchnorm != "train" and not any(p.requires_grad for p in self.model.body.parameters())
+
     def describe(self) -> dict[str, Any]:
         """What metrics.jsonl records about the stage now applied."""
         return {"trainable_params": parameter_summary(self.model)["trainable"],

@@ -155,6 +155,8 @@ class FineTuneModel(nn.Module):
         return self.pool(self.body(**inputs), inputs.get("attention_mask"))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "features" in inputs:  # pooled features from the feature cache: the frozen body already ran
+            return self.head(inputs["features"])
         return self.head(self.features(inputs))
 
     def train(self, mode: bool = True) -> FineTuneModel:
