@@ -23,8 +23,9 @@ def pretrained_lite0() -> dict[str, torch.Tensor]:
 def test_partial_freeze_trains_top_and_keeps_frozen_batchnorm(fashion_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "fashion"
     code, output = run_cli("train", "--task", "image-classification", "--model", "efficientnet-lite0",
-                           "--data", fashion_folder, "--out", out, "--freeze", "6", "--epochs", "2",
-                           "--set", "data.image_size=64", "--set", "train.batch_size=16")
+                           "--data", fashion_folder, "--out", out, "--freeze", "6", "--epochs", "3", "--lr", "1e-3",
+                           "--set", "data.image_size=64", "--set", "train.batch_size=8",
+                           "--set", "data.augment=false")
     assert code == 0, output
     results = json.loads((out / "results.json").read_text())["test"]
     assert results["examples"] == 60 and len(results["labels"]) == 10
