@@ -157,7 +157,9 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32 "
+                            "(no)")
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     early_stopping: EarlyStopConfig = EarlyStopConfig()

@@ -32,6 +32,7 @@ from graftune.freezing import frozen_parameter_names
 from graftune.loop import predict_loader
 from graftune.lora import add_lora, merge, save_adapter
 from graftune.plots import confusion_matrix_plot, learning_curves
+from graftune.precision import resolve_precision
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal, mixing_collate
 from graftune.regularize import check as check_regularization
 from graftune.rundir import RunDir
@@ -88,7 +89,7 @@ def _execute(cfg: Config, run: RunDir, resume: bool, console: Console) -> RunRes
     summary = parameter_summary(model)
     console.print(f"{backbone.source}: {summary['total']:,} parameters; {len(backbone.groups)} layer groups; "
                   f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test examples, "
-                  f"{len(labels)} classes")
+                  f"{len(labels)} classes; precision {cfg.train.mixed_precision}")
     console.print(f"strategy {cfg.strategy.name}: " + " -> ".join(_stage_line(stage) for stage in stages))
     if not resume:
         run.write_json(run.strategy, {"name": cfg.strategy.name, "stages": [stage.to_json() for stage in stages],
@@ -180,6 +181,7 @@ def resolve_defaults(cfg: Config, backbone: Backbone) -> None:
         cfg.optim.head_lr = cfg.optim.lr if name == "linear-probe" else min(1e-3, max(cfg.optim.lr, cfg.optim.lr * 20))
     if cfg.head.pooling == "auto":
         cfg.head.pooling = backbone.default_pooling  # type: ignore[assignment]
+    cfg.train.mixed_precision = resolve_precision(cfg.train.mixed_precision)  # type: ignore[assignment]
 
 
 def _check_strategy(cfg: Config, name: str) -> None:
@@ -223,7 +225,7 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
     val_loader = eval_loader(task, backbone, splits.val, index, cfg.train.eval_batch_size, cfg.train.num_workers,
                              val_batches)
     test_loader = eval_loader(task, backbone, splits.test, index, cfg.train.eval_batch_size, cfg.train.num_workers)
-    accelerator = Accelerator(mixed_precision=_precision(cfg.train.mixed_precision),
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                               gradient_accumulation_steps=cfg.train.grad_accum)
     prepared, wrapped, train_loader, val_loader, test_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader, test_loader)
@@ -284,14 +286,6 @@ def eval_loader(task: Task, backbone: Backbone, examples: list[Example], index: 
 def eval_batches(backbone: Backbone, examples: list[Example], batch_size: int) -> FixedBatches:
     items = [(e.input, 0) for e in examples]
     return sorted_batches(_lengths(backbone.preprocess, items), batch_size, len(items))
-
-
-def _precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
 
 
 def _finish(cfg: Config, run: RunDir, trainee: Trainee, test_loader: Any, backbone: Backbone, labels: list[str],
