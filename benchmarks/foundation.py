@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,13 @@ def fmnist_config(root: Path, quick: bool) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- data
 
-def build_bbc(root: Path, quick: bool) -> dict[str, int]:
+def build_bbc(root: Path, quick: bool, sizes: dict[str, int] | None = None) -> dict[str, int]:
     """All 2,225 articles, then a stratified train/val/test split by sklearn with a fixed seed."""
     from sklearn.model_selection import train_test_split
 
     from graftune.datasets import write_bbc_news
 
-    sizes = {"train": 100, "val": 50, "test": 100} if quick else BBC_SIZES
+    sizes = sizes or ({"train": 100, "val": 50, "test": 100} if quick else BBC_SIZES)
     with tempfile.TemporaryDirectory(prefix="bbc-all-") as tmp:
         everything = write_bbc_news(Path(tmp))
         files = sorted(p for p in everything.glob("*/*.txt"))
@@ -98,11 +99,11 @@ def build_bbc(root: Path, quick: bool) -> dict[str, int]:
     return {split: len(list((root / split).glob("*/*.txt"))) for split in ("train", "val", "test")}
 
 
-def build_fmnist(root: Path, quick: bool) -> dict[str, int]:
+def build_fmnist(root: Path, quick: bool, per_class: dict[str, int] | None = None) -> dict[str, int]:
     """Train and val from Fashion-MNIST's train split (same permutation, disjoint by offset); test from t10k."""
     from graftune.datasets import write_fashion_mnist
 
-    per_class = {"train": 20, "val": 10, "test": 20} if quick else FMNIST_PER_CLASS
+    per_class = per_class or ({"train": 20, "val": 10, "test": 20} if quick else FMNIST_PER_CLASS)
     write_fashion_mnist(root / "train", per_class["train"], split="train", seed=SEED, offset=0)
     write_fashion_mnist(root / "val", per_class["val"], split="train", seed=SEED, offset=per_class["train"])
     write_fashion_mnist(root / "test", per_class["test"], split="t10k", seed=SEED, offset=0)
@@ -173,7 +174,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print_aligned(lines)
 
 
-def print_aligned(lines: list[tuple[str, ...]]) -> None:
+def print_aligned(lines: Sequence[tuple[str, ...]]) -> None:
     """Print rows as aligned columns, the first row as a header underlined with dashes."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
