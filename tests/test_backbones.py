@@ -190,6 +190,7 @@ def test_contract_body_runs_and_feature_dim_matches(backbone: Backbone) -> None:
     assert out.shape[0] == 2
     assert out.dim() in (2, 3, 4)
     assert _width(out) == backbone.feature_dim > 0
+    assert out.dim() == backbone.feature_rank
     assert torch.isfinite(out).all()
 
 

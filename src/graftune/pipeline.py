@@ -197,7 +197,7 @@ def _check_strategy(cfg: Config, name: str) -> None:
 def graft(cfg: Config, backbone: Backbone, num_classes: int) -> FineTuneModel:
     """New head on the body (with LoRA adapters for the lora strategy); the stages decide what trains."""
     pooling = resolve_pooling(cfg.head, backbone)
-    if pooling == "avgmax" and backbone.body.eval()(**backbone.example_inputs()).dim() == 2:
+    if pooling == "avgmax" and backbone.feature_rank == 2:
         raise UserError(f"head.pooling=avgmax: {backbone.source} already gives one vector per example; "
                         "use head.pooling=none (or cut earlier with head.cut_at).")
     if cfg.strategy.name == "lora":

@@ -2,7 +2,8 @@
 
 A backbone is a pre-trained body with its old head removed. It tells graftune:
 - `body(**inputs) -> features`: a (B, C, H, W) feature map, (B, T, D) token states or (B, D) vectors;
-- `feature_dim`: the width of those features (channels, hidden size);
+- `feature_dim`, `feature_rank`: the width of those features (channels, hidden size) and their
+  number of dimensions, both learned by `probe()` from one small batch;
 - `groups`: its parameters in depth order, stem first, so "freeze the first K groups" means the
   same for a CNN, a vision transformer and a text encoder;
 - `preprocess`: what inputs the pre-trained model expects (image size, mean, std; tokenizer);
@@ -78,6 +79,18 @@ class Backbone:
     # Whatever the source did to the original model (the classifier it removed, the layer it cut
     # at), so a saved run rebuilds exactly the same body.
     surgery: dict[str, Any] = field(default_factory=dict)
+    feature_rank: int = 0  # dimensions of the body's output: 4 (maps), 3 (token states) or 2 (vectors)
+
+    def probe(self) -> Backbone:
+        """Run one small batch through the body, once, to learn its output width and rank."""
+        was_training = self.body.training
+        self.body.eval()
+        with torch.inference_mode():
+            out = self.body(**self.example_inputs())
+        self.body.train(was_training)
+        self.feature_rank = out.dim()
+        self.feature_dim = int(out.shape[1] if out.dim() in (2, 4) else out.shape[-1])
+        return self
 
     def example_inputs(self, batch: int = 2) -> dict[str, torch.Tensor]:
         """A small batch in the body's input format, for shape probes and contract tests."""
@@ -89,14 +102,6 @@ class Backbone:
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
-def probe_feature_dim(body: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
-    """Run one small batch through the body and read the feature width (channels or hidden size)."""
-    was_training = body.training
-    body.eval()
-    with torch.inference_mode():
-        out = body(**inputs)
-    body.train(was_training)
-    return int(out.shape[1] if out.dim() in (2, 4) else out.shape[-1])
 
 
 def generic_groups(body: nn.Module) -> list[LayerGroup]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, TextPreprocess, generic_groups, probe_feature_dim
+from graftune.backbones.base import Backbone, ImagePreprocess, TextPreprocess, generic_groups
 from graftune.errors import UserError
 
 
@@ -62,8 +62,7 @@ def load_hf(ref: str, *, pretrained: bool = True, files: Path | None = None, tru
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
                         modality="image" if is_image else "text", default_pooling="cls",
                         source=source or f"hf:{ref}", save_files=_saver(model, preprocess, where))
-    backbone.default_pooling = _default_pooling(Path(where), body, backbone)
-    backbone.feature_dim = probe_feature_dim(body, backbone.example_inputs())
+    backbone.default_pooling = _default_pooling(Path(where), backbone.probe())
     return backbone
 
 
@@ -91,7 +90,7 @@ def _image_preprocess(where: str, config_size: int) -> ImagePreprocess:
     return ImagePreprocess(size=int(side), mean=mean, std=std)
 
 
-def _default_pooling(folder: Path, body: nn.Module, backbone: Backbone) -> str:
+def _default_pooling(folder: Path, backbone: Backbone) -> str:
     """The pooling the encoder was trained with: sentence-transformers says so in 1_Pooling/config.json."""
     pooling_file = folder / "1_Pooling" / "config.json"
     if pooling_file.is_file():
@@ -103,8 +102,7 @@ def _default_pooling(folder: Path, body: nn.Module, backbone: Backbone) -> str:
         if modes.get("pooling_mode_cls_token"):
             return "cls"
     if backbone.modality == "image":
-        out = body.eval()(**backbone.example_inputs())
-        return "avg" if out.dim() == 4 else "cls"
+        return "avg" if backbone.feature_rank == 4 else "cls"
     return "cls"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups, probe_feature_dim
+from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups
 from graftune.backbones.weights import load_into, read_state_dict
 from graftune.errors import UserError
 from graftune.surgery import CutBody, remove_classifier
@@ -81,8 +81,7 @@ def wrap_image_model(model: nn.Module, *, source: str, replace: str | None, cut_
     preprocess = preprocess or ImagePreprocess(size=image_size)
     backbone = Backbone(body=body, feature_dim=0, groups=groups, preprocess=preprocess, modality="image",
                         default_pooling="avg", source=source, surgery=surgery)
-    backbone.feature_dim = probe_feature_dim(body, backbone.example_inputs())
-    return backbone
+    return backbone.probe()
 
 
 def module_from_saved(ref: str, kwargs: dict[str, Any], surgery: dict[str, Any], image_size: int) -> Backbone:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups, probe_feature_dim
+from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups
 from graftune.backbones.hf import load_hf
 from graftune.errors import UserError
 
@@ -69,5 +69,4 @@ def _efficientnet_lite0(pretrained: bool) -> Backbone:
     preprocess = ImagePreprocess(size=224)
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
                         modality="image", default_pooling="avg", source="efficientnet-lite0")
-    backbone.feature_dim = probe_feature_dim(body, backbone.example_inputs())
-    return backbone
+    return backbone.probe()

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups, probe_feature_dim
+from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups
 from graftune.backbones.module import ImageModuleBody, wrap_image_model
 from graftune.errors import UserError
 
@@ -35,10 +35,8 @@ def load_timm(name: str, *, pretrained: bool = True, cut_at: str | None = None) 
     body = _TimmBody(model)
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
                         modality="image", default_pooling="avg", source=f"timm:{name}")
-    out = body.eval()(**backbone.example_inputs())
-    if out.dim() == 3:
+    if backbone.probe().feature_rank == 3:  # a vision transformer's token states
         backbone.default_pooling = "cls" if getattr(model, "cls_token", None) is not None else "mean"
-    backbone.feature_dim = probe_feature_dim(body, backbone.example_inputs())
     return backbone
 
 
