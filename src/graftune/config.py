@@ -161,7 +161,8 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32 "
                             "(no)")
     seed: int = 0
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="data-loading processes; auto: up to 8 for images on a GPU machine, else 0")
     early_stopping: EarlyStopConfig = EarlyStopConfig()
     progress: bool = True
 

@@ -29,10 +29,10 @@ from graftune.evaluation import classification_metrics
 from graftune.features import FeatureFeeds, FeatureStore, Split, default_cache_dir
 from graftune.fit import FitState, Trainee, fit
 from graftune.freezing import frozen_parameter_names
+from graftune.hardware import resolve_precision, resolve_workers
 from graftune.loop import predict_loader
 from graftune.lora import add_lora, merge, save_adapter
 from graftune.plots import confusion_matrix_plot, learning_curves
-from graftune.precision import resolve_precision
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal, mixing_collate
 from graftune.regularize import check as check_regularization
 from graftune.rundir import RunDir
@@ -182,6 +182,7 @@ def resolve_defaults(cfg: Config, backbone: Backbone) -> None:
     if cfg.head.pooling == "auto":
         cfg.head.pooling = backbone.default_pooling  # type: ignore[assignment]
     cfg.train.mixed_precision = resolve_precision(cfg.train.mixed_precision)  # type: ignore[assignment]
+    cfg.train.num_workers = resolve_workers(cfg.train.num_workers, backbone.modality)
 
 
 def _check_strategy(cfg: Config, name: str) -> None:
@@ -210,6 +211,7 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
                       labels: list[str], optimizer: torch.optim.Optimizer, switch: StageSwitch,
                       state: FitState, console: Console) -> tuple[Trainee, Any]:
     index = {label: i for i, label in enumerate(labels)}
+    workers = int(cfg.train.num_workers)  # resolve_defaults made it a number
     train_items = _items(splits.train, index)
     lengths = _lengths(backbone.preprocess, train_items)
     batches = ShuffledBatches(cfg.train.batch_size, cfg.train.seed, size=len(train_items),
@@ -220,11 +222,11 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
     if reg.mixup or reg.cutmix:
         collate = mixing_collate(collate, len(labels), reg.mixup, reg.cutmix)
     train_loader: Any = DataLoader(train_items, batch_sampler=batches, collate_fn=collate,  # type: ignore[arg-type]
-                                   num_workers=cfg.train.num_workers)
+                                   num_workers=workers)
     val_batches = eval_batches(backbone, splits.val, cfg.train.eval_batch_size)
-    val_loader = eval_loader(task, backbone, splits.val, index, cfg.train.eval_batch_size, cfg.train.num_workers,
+    val_loader = eval_loader(task, backbone, splits.val, index, cfg.train.eval_batch_size, workers,
                              val_batches)
-    test_loader = eval_loader(task, backbone, splits.test, index, cfg.train.eval_batch_size, cfg.train.num_workers)
+    test_loader = eval_loader(task, backbone, splits.test, index, cfg.train.eval_batch_size, workers)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                               gradient_accumulation_steps=cfg.train.grad_accum)
     prepared, wrapped, train_loader, val_loader, test_loader = accelerator.prepare(
@@ -244,7 +246,7 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
             Split(_items(splits.val, index), val_batches),
             batches, views=_cached_views(cfg, augment), augment=augment,
             store=FeatureStore(default_cache_dir(cfg.cache.dir), console), preprocess=backbone.preprocess,
-            modality=task.modality, seed=cfg.train.seed, num_workers=cfg.train.num_workers, console=console)
+            modality=task.modality, seed=cfg.train.seed, num_workers=workers, console=console)
     trainee = Trainee(prepared, wrapped, scheduler, accelerator, train_loader, val_loader, batches, loss_fn,
                       cfg.optim.grad_clip, switch, steps_per_epoch, penalty, feeds)
     return trainee, test_loader

@@ -1,0 +1,47 @@
+"""Machine-dependent defaults: bf16 only where the hardware computes it natively; loader workers only
+where a GPU computes while the CPU decodes images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from graftune.hardware import cpu_has_native_bf16, resolve_precision, resolve_workers
+
+INTEL = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+OLD = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+
+
+def test_cpu_flags(tmp_path: Path) -> None:
+    (tmp_path / "new").write_text(INTEL)
+    (tmp_path / "old").write_text(OLD)
+    assert cpu_has_native_bf16(tmp_path / "new")
+    assert not cpu_has_native_bf16(tmp_path / "old")
+    assert not cpu_has_native_bf16(tmp_path / "missing")  # not Linux: keep fp32
+
+
+def test_explicit_choices_are_kept() -> None:
+    for choice in ("no", "fp16", "bf16"):
+        assert resolve_precision(choice) == choice
+
+
+def test_auto_on_a_cpu_follows_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("graftune.hardware.cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto") == "bf16"
+    monkeypatch.setattr("graftune.hardware.cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto") == "no"
+
+
+def test_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_workers(3, "text") == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_workers("auto", "image") == 0  # the CPU computes: workers would take its cores
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_workers("auto", "image") == 8
+    assert resolve_workers("auto", "text") == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_workers("auto", "image") == 1
