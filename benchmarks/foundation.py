@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import close, print_aligned, run_worker, write_report, write_row
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -154,14 +153,6 @@ def run_task(task: str, out: Path, quick: bool) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- parent
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {"cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = ("task", "model", "train/val/test", "epochs", "best", "test acc", "macro-F1", "target", "result",
             "seconds", "peak RSS")
@@ -172,15 +163,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                       str(r["best_epoch"]), f"{r['test_accuracy']:.4f}", f"{r['test_macro_f1']:.4f}",
                       f">= {r['target']:.2f}", verdict, f"{r['seconds']:.0f}", f"{r['peak_rss_mib']:.0f} MiB"))
     print_aligned(lines)
-
-
-def print_aligned(lines: Sequence[tuple[str, ...]]) -> None:
-    """Print rows as aligned columns, the first row as a header underlined with dashes."""
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for n, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,38 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     if args.worker:  # child process: one task, its row to OUT/TASK.row.json
-        row = run_task(args.worker, out, args.quick)
-        (out / f"{args.worker}.row.json").write_text(json.dumps(row, indent=2))
+        write_row(out, args.worker, run_task(args.worker, out, args.quick))
         return 0
 
-    tasks = [args.only] if args.only else list(TASKS)
-    rows, failures = [], []
-    total_started = time.perf_counter()
-    for task in tasks:
-        row_file = out / f"{task}.row.json"
-        row_file.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "benchmarks.foundation", "--worker", task, "--out", str(out)]
-        if args.quick:
-            command.append("--quick")
-        print(f"== {task}: {' '.join(command)}", flush=True)
-        code = subprocess.call(command)
-        if code != 0 or not row_file.is_file():
-            failures.append(task)
-            print(f"== {task}: worker failed (exit code {code})", flush=True)
-            continue
-        rows.append(json.loads(row_file.read_text()))
-    total = time.perf_counter() - total_started
-    report = {"benchmark": "foundation", "quick": args.quick, "command": " ".join(["python", "-m",
-                                                                                   "benchmarks.foundation",
-                                                                                   *(argv or sys.argv[1:])]),
-              "machine": machine(), "total_seconds": round(total, 1), "rows": rows, "failed_tasks": failures}
-    (out / "foundation.json").write_text(json.dumps(report, indent=2))
+    rows, failed = [], []
+    started = time.perf_counter()
+    for task in [args.only] if args.only else list(TASKS):
+        print(f"== {task}", flush=True)
+        row = run_worker("benchmarks.foundation", [task], out, task, args.quick)
+        if row is None:
+            failed.append(task)
+        else:
+            rows.append(row)
+    report = write_report(out, "foundation", argv or sys.argv[1:], started, rows, failed, quick=args.quick)
     print()
     print_table(rows)
-    print(f"\ntotal {total:.0f} s; table written to {out / 'foundation.json'}")
-    if failures:
-        print(f"failed to run: {', '.join(failures)}")
-    return 1 if failures else 0
+    return close(report, out)
 
 
 if __name__ == "__main__":

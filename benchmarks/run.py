@@ -32,13 +32,13 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.foundation import SEED, build_bbc, build_fmnist, machine, print_aligned
+from benchmarks.common import close, print_aligned, run_worker, write_report, write_row
+from benchmarks.foundation import SEED, build_bbc, build_fmnist
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -211,41 +211,30 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.worker:
         name, tool = args.worker
-        row = run_tool(name, tool, out / "data" / name, out / "runs", args.quick)
-        (out / f"{name}.{tool}.row.json").write_text(json.dumps(row, indent=2))
+        write_row(out, f"{name}.{tool}", run_tool(name, tool, out / "data" / name, out / "runs", args.quick))
         return 0
 
-    names = args.only.split(",") if args.only else list(SCENARIOS)
     rows, failed = [], []
     started = time.perf_counter()
-    for name in names:
+    for name in args.only.split(",") if args.only else list(SCENARIOS):
         prepare(name, out, args.quick)
         scenario = SCENARIOS[name]
         for tool in (*scenario["tools"], *(scenario.get("extras", ()) if args.extras or args.quick else ())):
-            row_file = out / f"{name}.{tool}.row.json"
-            row_file.unlink(missing_ok=True)
             print(f"== {name} {tool}", flush=True)
-            command = [sys.executable, "-m", "benchmarks.run", "--worker", name, tool, "--out", str(out)]
-            command += ["--quick"] if args.quick else []
-            code = subprocess.call(command, stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
-            if code != 0 or not row_file.is_file():
+            row = run_worker("benchmarks.run", [name, tool], out, f"{name}.{tool}", args.quick,
+                             quiet=not os.environ.get("BENCH_VERBOSE"))
+            if row is None:
                 failed.append(f"{name} {tool}")
                 continue
-            rows.append(json.loads(row_file.read_text()))
-            print(f"   test accuracy {rows[-1]['test_accuracy']:.4f}, {rows[-1]['train_seconds']:.1f} s", flush=True)
+            rows.append(row)
+            print(f"   test accuracy {row['test_accuracy']:.4f}, {row['train_seconds']:.1f} s", flush=True)
     rows = compare(rows)
     checks = [] if args.quick else targets(rows)
-    report = {"benchmark": "run", "quick": args.quick,
-              "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]), "machine": machine(),
-              "total_seconds": round(time.perf_counter() - started, 1), "rows": rows, "targets": checks,
-              "failed": failed}
-    (out / "run.json").write_text(json.dumps(report, indent=2))
+    report = write_report(out, "run", argv or sys.argv[1:], started, rows, failed, quick=args.quick,
+                          targets=checks)
     print()
     print_report(rows, checks)
-    print(f"\ntotal {report['total_seconds']:.0f} s; written to {out / 'run.json'}")
-    if failed:
-        print(f"failed: {', '.join(failed)}")
-    return 1 if failed else 0
+    return close(report, out)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.foundation import SEED, build_bbc, build_fmnist, machine, print_aligned
+from benchmarks.common import close, print_aligned, run_worker, write_report, write_row
+from benchmarks.foundation import SEED, build_bbc, build_fmnist
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -142,12 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.worker:
         task, variant = args.worker
-        row = run_one(task, variant, out, args.quick)
-        (out / f"{task}.{variant}.row.json").write_text(json.dumps(row, indent=2))
+        write_row(out, f"{task}.{variant}", run_one(task, variant, out, args.quick))
         return 0
 
     chosen = set(args.strategies.split(",")) if args.strategies else None
-    rows, failures = [], []
+    rows, failed = [], []
     started = time.perf_counter()
     for task in [args.only] if args.only else list(MODELS):
         has_retain = prepare_data(task, out, args.quick)
@@ -157,28 +156,17 @@ def main(argv: list[str] | None = None) -> int:
             if variant.endswith("+ewc") and not has_retain:
                 print(f"== {task} {variant}: skipped, Debian's fortunes (retain text) not installed", flush=True)
                 continue
-            row_file = out / f"{task}.{variant}.row.json"
-            row_file.unlink(missing_ok=True)
-            command = [sys.executable, "-m", "benchmarks.strategies", "--worker", task, variant, "--out", str(out)]
-            command += ["--quick"] if args.quick else []
             print(f"== {task} {variant}", flush=True)
-            code = subprocess.call(command)
-            if code != 0 or not row_file.is_file():
-                failures.append(f"{task} {variant}")
+            row = run_worker("benchmarks.strategies", [task, variant], out, f"{task}.{variant}", args.quick)
+            if row is None:
+                failed.append(f"{task} {variant}")
                 continue
-            rows.append(json.loads(row_file.read_text()))
-            print(f"   test accuracy {rows[-1]['test_accuracy']:.4f}, {rows[-1]['seconds']:.0f} s", flush=True)
-    report = {"benchmark": "strategies", "quick": args.quick,
-              "command": " ".join(["python -m benchmarks.strategies", *(argv or sys.argv[1:])]),
-              "machine": machine(), "total_seconds": round(time.perf_counter() - started, 1), "rows": rows,
-              "failed": failures}
-    (out / "strategies.json").write_text(json.dumps(report, indent=2))
+            rows.append(row)
+            print(f"   test accuracy {row['test_accuracy']:.4f}, {row['seconds']:.0f} s", flush=True)
+    report = write_report(out, "strategies", argv or sys.argv[1:], started, rows, failed, quick=args.quick)
     print()
     print_table(rows)
-    print(f"\ntotal {report['total_seconds']:.0f} s; written to {out / 'strategies.json'}")
-    if failures:
-        print(f"failed: {', '.join(failures)}")
-    return 1 if failures else 0
+    return close(report, out)
 
 
 if __name__ == "__main__":
