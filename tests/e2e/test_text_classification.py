@@ -35,6 +35,7 @@ def test_run_directory_holds_everything_later_commands_need(text_run: Path) -> N
     for key in ("train_loss", "val_loss", "val_accuracy", "lr", "trainable_params", "seconds"):
         assert key in rows[0], key
     assert rows[0]["trainable_params"] == 384 * 5 + 5  # body frozen: only the 5-way linear head trains
+    assert all(r["cached_features"] for r in rows)  # so the body ran once, not once per epoch
     assert set(rows[0]["lr"]) == {"head", "head/no_decay"}
     test = json.loads((text_run / "results.json").read_text())["test"]
     assert sorted(test["labels"]) == ["business", "entertainment", "politics", "sports", "tech"]
