@@ -18,11 +18,12 @@ from typing import Any
 
 
 def run_worker(module: str, worker_args: Sequence[str], out: Path, name: str, quick: bool,
-               quiet: bool = False) -> dict[str, Any] | None:
+               quiet: bool = False, options: Sequence[str] = ()) -> dict[str, Any] | None:
     """Run one row in a child process; its row, or None when it failed (the reason is in its output)."""
     row_file = out / f"{name}.row.json"
     row_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", module, "--worker", *worker_args, "--out", str(out), *(["--quick"] * quick)]
+    command = [sys.executable, "-m", module, "--worker", *worker_args, "--out", str(out), *(["--quick"] * quick),
+               *options]
     code = subprocess.call(command, stdout=subprocess.DEVNULL if quiet else None)
     if code != 0 or not row_file.is_file():
         print(f"== {name}: worker failed (exit code {code})", flush=True)

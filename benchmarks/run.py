@@ -86,7 +86,7 @@ def read_split(folder: Path, labels: list[str]) -> list[tuple[str, int]]:
     return items
 
 
-def graftune_config(scenario: dict[str, Any], root: Path, grouped: bool) -> dict[str, Any]:
+def graftune_config(scenario: dict[str, Any], root: Path, grouped: bool, seed: int = SEED) -> dict[str, Any]:
     text = scenario["data"] == "bbc"
     data: dict[str, Any] = {"train": str(root / "train"), "val": str(root / "val"), "test": str(root / "test")}
     data.update({"max_length": scenario["max_length"], "group_by_length": grouped} if text else
@@ -100,19 +100,19 @@ def graftune_config(scenario: dict[str, Any], root: Path, grouped: bool) -> dict
         "optim": {"lr": scenario["lr"], "head_lr": scenario["head_lr"], "weight_decay": COMMON["weight_decay"],
                   "schedule": "cosine", "warmup_ratio": COMMON["warmup_ratio"]},
         "train": {"epochs": scenario["epochs"], "batch_size": scenario["batch_size"],
-                  "eval_batch_size": COMMON["eval_batch_size"], "seed": SEED, "progress": False,
+                  "eval_batch_size": COMMON["eval_batch_size"], "seed": seed, "progress": False,
                   "early_stopping": {"metric": "val_accuracy", "patience": None}},
     }
 
 
-def run_graftune(scenario: dict[str, Any], root: Path, out: Path, grouped: bool) -> dict[str, Any]:
+def run_graftune(scenario: dict[str, Any], root: Path, out: Path, grouped: bool, seed: int) -> dict[str, Any]:
     import graftune
 
     cache = out / "cache"
     shutil.rmtree(cache, ignore_errors=True)  # cold: the first run of a user pays for its features
     os.environ["GRAFTUNE_CACHE_DIR"] = str(cache)
     started = time.perf_counter()
-    result = graftune.train(graftune_config(scenario, root, grouped), out=out / "run", overwrite=True)
+    result = graftune.train(graftune_config(scenario, root, grouped, seed), out=out / "run", overwrite=True)
     seconds = time.perf_counter() - started
     rows = [json.loads(line) for line in (result.dir / "metrics.jsonl").read_text().splitlines()]
     train_seconds = sum(r["seconds"] for r in rows)  # epochs incl. validation (and feature extraction)
@@ -121,13 +121,13 @@ def run_graftune(scenario: dict[str, Any], root: Path, out: Path, grouped: bool)
             "samples_per_second": len(rows) * examples / max(train_seconds, 1e-9)}
 
 
-def run_tool(name: str, tool: str, root: Path, out: Path, quick: bool) -> dict[str, Any]:
+def run_tool(name: str, tool: str, root: Path, out: Path, quick: bool, seed: int = SEED) -> dict[str, Any]:
     """Train one tool on one scenario and return its row. Runs in its own process."""
     from benchmarks import peers
 
     scenario = scenario_of(name, quick)
     if tool.startswith("graftune"):
-        row = run_graftune(scenario, root, out / f"{name}.{tool}", grouped=tool == "graftune")
+        row = run_graftune(scenario, root, out / f"{name}.{tool}", grouped=tool == "graftune", seed=seed)
     else:
         labels = sorted(p.name for p in (root / "train").iterdir())
         train, val, test = (read_split(root / split, labels) for split in ("train", "val", "test"))
@@ -136,14 +136,14 @@ def run_tool(name: str, tool: str, root: Path, out: Path, quick: bool) -> dict[s
             extra = {"bf16": True} if tool == "trainer-bf16" else {}
             row = function(train, val, test, len(labels), max_length=scenario["max_length"], epochs=scenario["epochs"],
                            batch_size=scenario["batch_size"], lr=scenario["lr"], head_lr=scenario["head_lr"],
-                           freeze_encoder=scenario["freeze"], seed=SEED, **COMMON, **extra)
+                           freeze_encoder=scenario["freeze"], seed=seed, **COMMON, **extra)
         else:
             row = peers.plain_image(train, val, test, len(labels), image_size=scenario["image_size"],
                                     epochs=scenario["epochs"], batch_size=scenario["batch_size"],
                                     eval_batch_size=COMMON["eval_batch_size"], lr=scenario["lr"],
-                                    weight_decay=COMMON["weight_decay"], seed=SEED)
+                                    weight_decay=COMMON["weight_decay"], seed=seed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"scenario": name, "tool": tool, **row, "peak_rss_mib": round(peak, 1)}
+    return {"scenario": name, "tool": tool, "seed": seed, **row, "peak_rss_mib": round(peak, 1)}
 
 
 # ------------------------------------------------------------------------------------------- parent
@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extras", action="store_true",
                         help="also Trainer in bf16 and graftune without length grouping (full-text)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/run"), help="output folder")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="training seed of every tool (the data subsets stay those of seed 0)")
+    parser.add_argument("--tools", help="comma-separated subset of the tools to run")
     parser.add_argument("--report", type=Path, metavar="RUN_JSON", help="print the table of a finished run again")
     parser.add_argument("--worker", nargs=2, metavar=("SCENARIO", "TOOL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.worker:
         name, tool = args.worker
-        write_row(out, f"{name}.{tool}", run_tool(name, tool, out / "data" / name, out / "runs", args.quick))
+        write_row(out, f"{name}.{tool}", run_tool(name, tool, out / "data" / name, out / "runs", args.quick, args.seed))
         return 0
 
     rows, failed = [], []
@@ -226,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         prepare(name, out, args.quick)
         scenario = SCENARIOS[name]
         for tool in (*scenario["tools"], *(scenario.get("extras", ()) if args.extras or args.quick else ())):
+            if args.tools and tool not in args.tools.split(","):
+                continue
             print(f"== {name} {tool}", flush=True)
             row = run_worker("benchmarks.run", [name, tool], out, f"{name}.{tool}", args.quick,
-                             quiet=not os.environ.get("BENCH_VERBOSE"))
+                             quiet=not os.environ.get("BENCH_VERBOSE"), options=["--seed", str(args.seed)])
             if row is None:
                 failed.append(f"{name} {tool}")
                 continue
