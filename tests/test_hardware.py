@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
+import yaml
+from rich.console import Console
 
+import graftune
 from graftune.hardware import cpu_has_native_bf16, resolve_precision, resolve_workers
 
 INTEL = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t\t: fpu\n"
@@ -45,3 +49,14 @@ def test_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_workers("auto", "text") == 0
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert resolve_workers("auto", "image") == 1
+
+
+def test_runs_in_one_process_may_use_different_precisions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(helpers.TESTS_DIR))
+    data = helpers.write_colour_folders(tmp_path / "colours")
+    for precision in ("no", "bf16", "no"):
+        config = {"task": "image-classification", "model": {"source": "module:helpers:tiny_cnn"},
+                  "data": {"train": str(data), "image_size": 16}, "freeze": {"body": 2},
+                  "train": {"epochs": 1, "batch_size": 8, "progress": False, "mixed_precision": precision}}
+        run = graftune.train(config, out=tmp_path / precision, overwrite=True, console=Console(quiet=True))
+        assert yaml.safe_load((run.dir / "config.yaml").read_text())["train"]["mixed_precision"] == precision

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from rich.console import Console
 from torch import nn
@@ -227,6 +228,10 @@ def _prepare_training(cfg: Config, task: Task, backbone: Backbone, model: FineTu
     val_loader = eval_loader(task, backbone, splits.val, index, cfg.train.eval_batch_size, workers,
                              val_batches)
     test_loader = eval_loader(task, backbone, splits.test, index, cfg.train.eval_batch_size, workers)
+    # Accelerate keeps one state per process and refuses a second Accelerator with another precision;
+    # each graftune run owns its settings, so the run-level state is cleared (the distributed
+    # PartialState, which holds the process group, is kept).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                               gradient_accumulation_steps=cfg.train.grad_accum)
     prepared, wrapped, train_loader, val_loader, test_loader = accelerator.prepare(
