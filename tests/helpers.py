@@ -92,11 +92,11 @@ class FlatNet(nn.Module):
 
 def body_of(model: nn.Module) -> nn.Module:
     """`model` with its classifier removed, called with `pixel_values=` like every backbone body."""
-    from graftune.backbones.module import ImageModuleBody
-    from graftune.surgery import remove_classifier
+    from graftune.backbones.base import ImageBody
+    from graftune.backbones.surgery import remove_classifier
 
     remove_classifier(model)
-    return ImageModuleBody(model)
+    return ImageBody(model)
 
 
 # --- text: a tiny BERT with the real MiniLM tokenizer -------------------------------------------------------

@@ -11,13 +11,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from graftune.backbones import Backbone, ImagePreprocess, TextPreprocess, load_backbone
+from graftune.backbones import Backbone, load_backbone
 from graftune.backbones.base import generic_groups
 from graftune.backbones.hf import load_hf
-from graftune.backbones.weights import load_into, read_state_dict
 from graftune.config import validate
 from graftune.errors import UserError
-from graftune.surgery import FineTuneModel, build_head
+from graftune.grafted import GraftedModel
+from graftune.preprocessing import ImagePreprocess, TextPreprocess
+from graftune.tasks.heads import Pooling, build_head
+from graftune.weights import load_into, read_state_dict
 
 CNN = "module:helpers:tiny_cnn"
 
@@ -123,12 +125,16 @@ def _require(name: str) -> None:
 
 def _saved_run(tmp: Path, backbone: Backbone, labels: list[str], source: str) -> Path:
     from graftune.artifacts import save_model_folder
+    from graftune.settings import resolve_settings, run_preprocess
+    from graftune.tasks import get_task
 
-    cfg = validate({"task": f"{backbone.modality}-classification", "model": {"source": source},
-                    "data": {"train": "x"}, "head": {"dropout": 0.0}})
-    model = FineTuneModel(backbone.body, backbone.default_pooling,
-                          build_head(cfg.head, backbone.feature_dim, len(labels), backbone.default_pooling))
-    save_model_folder(tmp / "run" / "model", model, backbone, labels, cfg, None)
+    task_type = get_task(f"{backbone.modality}-classification")
+    cfg = validate({"task": task_type.name, "model": {"source": source}, "data": {"train": "x"},
+                    "head": {"dropout": 0.0}})
+    settings = resolve_settings(cfg, backbone, task_type)
+    task = task_type(settings, {"labels": labels})
+    save_model_folder(tmp / "run" / "model", task.build_model(backbone), backbone, task,
+                      run_preprocess(backbone, settings), None)
     return tmp / "run"
 
 
@@ -222,7 +228,7 @@ def test_contract_preprocess_matches_modality(backbone: Backbone) -> None:
 def test_contract_a_new_head_trains_on_the_body(backbone: Backbone) -> None:
     head = build_head(validate({"task": "text-classification", "model": {"source": "x"},
                                 "data": {"train": "x"}}).head, backbone.feature_dim, 3, backbone.default_pooling)
-    model = FineTuneModel(backbone.body, backbone.default_pooling, head)
+    model = GraftedModel(backbone.body, head, Pooling(backbone.default_pooling))
     trainable = [p for p in backbone.body.parameters() if p.requires_grad]
     for param in trainable:  # the body is shared by the module's tests: only the head needs gradients here
         param.requires_grad_(False)

@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from graftune.artifacts import load_weights, save_weights
 from graftune.backbones.base import generic_groups
 from graftune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from graftune.config import EarlyStopConfig, HeadConfig
+from graftune.config import HeadConfig
 from graftune.errors import UserError
 from graftune.fit import improved
+from graftune.grafted import GraftedModel
 from graftune.optim import build_optimizer, build_schedule, parameter_groups
 from graftune.rundir import RunDir
-from graftune.surgery import FineTuneModel, build_head
+from graftune.tasks.heads import Pooling, build_head
+from graftune.weights import load_weights, save_weights
 
 
 @pytest.fixture(autouse=True)
@@ -26,10 +27,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     helpers.go_offline(monkeypatch)
 
 
-def training_setup(seed: int) -> tuple[FineTuneModel, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def training_setup(seed: int) -> tuple[GraftedModel, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     torch.manual_seed(seed)
     body = helpers.body_of(helpers.TinyResNet())
-    model = FineTuneModel(body, "avg", build_head(HeadConfig(dropout=0.0), 16, 3, "avg"))
+    model = GraftedModel(body, build_head(HeadConfig(dropout=0.0), 16, 3, "avg"), Pooling("avg"))
     optimizer = build_optimizer(parameter_groups(model, generic_groups(body), 1e-3, 1e-2, 0.01))
     return model, optimizer, build_schedule(optimizer, "cosine", 20, 0.2)
 
@@ -202,7 +203,7 @@ def test_require_and_write_json(tmp_path: Path) -> None:
 
 
 def test_improved() -> None:
-    accuracy, loss = EarlyStopConfig(metric="val_accuracy"), EarlyStopConfig(metric="val_loss")
+    accuracy, loss = "max", "min"
     assert improved(0.5, None, accuracy)
     assert improved(0.6, 0.5, accuracy) and not improved(0.5, 0.5, accuracy) and not improved(0.4, 0.5, accuracy)
     assert improved(0.4, 0.5, loss) and not improved(0.6, 0.5, loss)

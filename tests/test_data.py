@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from graftune.backbones.base import ImagePreprocess
 from graftune.data.images import center_crop, image_tensor, open_rgb, random_resized_crop, to_tensor
 from graftune.data.readers import Example, read_examples, split_folders
 from graftune.data.splits import Splits, check_labels, stratified_split
 from graftune.errors import UserError
+from graftune.preprocessing import ImagePreprocess
 
 
 @pytest.fixture(autouse=True)

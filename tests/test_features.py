@@ -13,13 +13,13 @@ import torch
 from rich.console import Console
 
 import graftune
-from graftune.backbones.base import ImagePreprocess, TextPreprocess
 from graftune.features import (
     FeatureStore,
     fingerprint_body,
     fingerprint_inputs,
     fingerprint_preprocess,
 )
+from graftune.preprocessing import ImagePreprocess, TextPreprocess
 
 EPOCHS = 3
 

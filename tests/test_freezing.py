@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 from graftune.backbones.base import generic_groups
-from graftune.config import HeadConfig
+from graftune.backbones.surgery import CutBody
+from graftune.config import FreezeConfig, HeadConfig
 from graftune.errors import UserError
-from graftune.freezing import apply_freeze, frozen_parameter_names, parse_freeze, trainable_groups
+from graftune.freezing import apply_freeze, frozen_parameter_names, trainable_groups
+from graftune.grafted import GraftedModel
 from graftune.optim import build_optimizer, parameter_groups
-from graftune.surgery import CutBody, FineTuneModel, build_head
+from graftune.tasks.heads import Pooling, build_head
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +35,8 @@ def names(body: nn.Module, *prefixes: str) -> set[str]:
     ("all", "all"), ("none", "none"), (" all ", "all"), ("3", 3), ("0", 0), (" 12 ", 12),
     ("a,b", ["a", "b"]), ("encoder", ["encoder"]), ("a,,b,", ["a", "b"]), (4, 4), (["x"], ["x"]),
 ])
-def test_parse_freeze(text: str | int | list[str], spec: str | int | list[str]) -> None:
-    assert parse_freeze(text) == spec
+def test_freeze_body_is_parsed_once_by_the_config(text: str | int | list[str], spec: str | int | list[str]) -> None:
+    assert FreezeConfig(body=text).body == spec
 
 
 def test_all_and_none(body: nn.Module) -> None:
@@ -48,7 +50,8 @@ def test_first_k_groups(body: nn.Module) -> None:
     assert [g.name for g in groups] == ["stem", "model.layer1", "model.layer2", "model.layer3"]
     assert frozen_parameter_names(0, groups, body) == set()
     assert frozen_parameter_names(1, groups, body) == names(body, "model.conv1.", "model.bn1.")
-    assert frozen_parameter_names("2", groups, body) == names(body, "model.conv1.", "model.bn1.", "model.layer1.")
+    two = FreezeConfig(body="2").body  # the config reads the text once
+    assert frozen_parameter_names(two, groups, body) == names(body, "model.conv1.", "model.bn1.", "model.layer1.")
     assert frozen_parameter_names(4, groups, body) == names(body, "")
 
 
@@ -64,7 +67,7 @@ def test_regex_list(body: nn.Module) -> None:
     groups = generic_groups(body)
     frozen = frozen_parameter_names([r"^model\.layer1\.", r"bn1"], groups, body)
     assert frozen == names(body, "model.layer1.", "model.bn1.")
-    assert frozen_parameter_names(r"model\.layer3\.0,conv1", groups, body) == names(
+    assert frozen_parameter_names(FreezeConfig(body=r"model\.layer3\.0,conv1").body, groups, body) == names(
         body, "model.layer3.0.", "model.conv1.")
 
 
@@ -106,7 +109,7 @@ def test_apply_freeze_keeps_layers_past_a_cut_frozen() -> None:
 def test_frozen_parameters_do_not_change_after_a_step_and_trainable_ones_do(body: nn.Module) -> None:
     groups = generic_groups(body)
     apply_freeze(body, frozen_parameter_names(2, groups, body))
-    model = FineTuneModel(body, "avg", build_head(HeadConfig(), 16, 3, "avg"))
+    model = GraftedModel(body, build_head(HeadConfig(), 16, 3, "avg"), Pooling("avg"))
     optimizer = build_optimizer(parameter_groups(model, groups, 0.1, 0.1, weight_decay=0.1))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()

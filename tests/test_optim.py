@@ -12,8 +12,9 @@ from torch import nn
 from graftune.backbones.base import LayerGroup, generic_groups
 from graftune.config import HeadConfig
 from graftune.freezing import apply_freeze, frozen_parameter_names
+from graftune.grafted import GraftedModel
 from graftune.optim import build_optimizer, build_schedule, current_lrs, parameter_groups
-from graftune.surgery import FineTuneModel, build_head
+from graftune.tasks.heads import Pooling, build_head
 
 
 @pytest.fixture(autouse=True)
@@ -21,11 +22,11 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     helpers.go_offline(monkeypatch)
 
 
-def cnn_model() -> tuple[FineTuneModel, list[LayerGroup]]:
+def cnn_model() -> tuple[GraftedModel, list[LayerGroup]]:
     body = helpers.body_of(helpers.tiny_cnn())
     groups = generic_groups(body)
     head = build_head(HeadConfig(hidden=[8]), 16, 3, "avg")
-    return FineTuneModel(body, "avg", head), groups
+    return GraftedModel(body, head, Pooling("avg")), groups
 
 
 class TinyEncoder(nn.Module):
@@ -66,7 +67,7 @@ def test_biases_and_norm_weights_get_no_decay() -> None:
 
 def test_transformer_norms_and_biases_get_no_decay() -> None:
     body = TinyEncoder()
-    model = FineTuneModel(body, "mean", nn.Linear(8, 2))
+    model = GraftedModel(body, nn.Linear(8, 2), Pooling("mean"))
     groups = generic_groups(body)
     result = by_name(parameter_groups(model, groups, 1e-4, 1e-3, 0.01))
     no_decay = param_names(model, result["layer.0/no_decay"])

@@ -80,7 +80,7 @@ def test_token_lengths_count_tokens_after_truncation(tmp_path: Path) -> None:
     import helpers
     from transformers import AutoTokenizer
 
-    from graftune.backbones.base import TextPreprocess
+    from graftune.preprocessing import TextPreprocess
 
     folder = helpers.write_tiny_bert(tmp_path / "bert")
     preprocess = TextPreprocess(AutoTokenizer.from_pretrained(str(folder)), max_length=8)

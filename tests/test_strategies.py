@@ -18,12 +18,13 @@ from graftune.backbones.base import LayerGroup, generic_groups
 from graftune.config import Config, HeadConfig, RegularizeConfig, validate
 from graftune.errors import UserError
 from graftune.freezing import apply_freeze, frozen_parameter_names
+from graftune.grafted import GraftedModel
 from graftune.lora import is_pointwise, lora_targets
 from graftune.optim import grow_optimizer, lr_multiplier
 from graftune.regularize import AnchorPenalty, check, fisher_diagonal, mixing_collate
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage, plan, resolve_name, trainable_group_count
-from graftune.surgery import FineTuneModel, build_head
+from graftune.tasks.heads import Pooling, build_head
 
 LR, HEAD_LR = 1e-4, 1e-3
 GROUPS = ["stem", "model.layer1", "model.layer2", "model.layer3"]  # TinyResNet's layer groups, bottom first
@@ -46,14 +47,14 @@ def stages_of(name: str, num_groups: int = 4, **strategy: Any) -> list[Stage]:
     return plan(config(strategy={"name": name, **strategy}), num_groups)
 
 
-def tiny_model(batchnorm: str = "frozen") -> tuple[FineTuneModel, list[LayerGroup]]:
+def tiny_model(batchnorm: str = "frozen") -> tuple[GraftedModel, list[LayerGroup]]:
     torch.manual_seed(0)
     body = helpers.body_of(helpers.TinyResNet())
     head = build_head(HeadConfig(dropout=0.0), 16, 3, "avg")
-    return FineTuneModel(body, "avg", head, batchnorm), generic_groups(body)
+    return GraftedModel(body, head, Pooling("avg"), batchnorm), generic_groups(body)
 
 
-def switch_for(model: FineTuneModel, groups: list[LayerGroup], stages: list[Stage], never: set[str] | None = None,
+def switch_for(model: GraftedModel, groups: list[LayerGroup], stages: list[Stage], never: set[str] | None = None,
                batchnorm: str = "frozen") -> StageSwitch:
     return StageSwitch(model, groups, stages, never or set(), batchnorm, 0.01, None, total_epochs=10)
 
@@ -62,7 +63,7 @@ def images(batch: int = 8, seed: int = 0, size: int = 16) -> dict[str, torch.Ten
     return {"pixel_values": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 + 1}
 
 
-def trainable_by_group(model: FineTuneModel, groups: list[LayerGroup]) -> dict[str, bool]:
+def trainable_by_group(model: GraftedModel, groups: list[LayerGroup]) -> dict[str, bool]:
     """Whether each layer group trains; fails when a group is only partly trainable."""
     params = dict(model.body.named_parameters())
     flags = {g.name: {params[p].requires_grad for p in g.params} for g in groups}
@@ -78,7 +79,7 @@ def layout(optimizer: torch.optim.Optimizer) -> list[tuple[str, list[int], float
     return [(group["name"], [id(p) for p in group["params"]], group["lr"]) for group in optimizer.param_groups]
 
 
-def step(model: FineTuneModel, optimizer: torch.optim.Optimizer) -> None:
+def step(model: GraftedModel, optimizer: torch.optim.Optimizer) -> None:
     model.train()
     loss = nn.functional.cross_entropy(model(images()), torch.arange(8) % 3)
     optimizer.zero_grad()
@@ -250,7 +251,7 @@ def test_affine_only_trains_batchnorm_affine_even_in_a_head_only_stage() -> None
     assert set(held_ids(optimizer)) == {id(p) for p in model.parameters() if p.requires_grad}
 
 
-def bn_stats(model: FineTuneModel) -> list[torch.Tensor]:
+def bn_stats(model: GraftedModel) -> list[torch.Tensor]:
     return [t.clone() for m in model.body.modules() if isinstance(m, nn.BatchNorm2d)
             for t in (m.running_mean, m.running_var)]
 
@@ -351,7 +352,7 @@ def test_fisher_diagonal_is_nonnegative_mean_one_and_restores_the_model() -> Non
     apply_freeze(model.body, frozen_parameter_names(2, groups, model.body))
     model.train()
     flags, modes = [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()]
-    fisher = fisher_diagonal(model, [{"inputs": images(4, seed)} for seed in range(3)])
+    fisher = fisher_diagonal(model, [images(4, seed) for seed in range(3)])
     body = dict(model.body.named_parameters())
     assert fisher.keys() == body.keys()
     assert all(fisher[n].shape == p.shape and bool((fisher[n] >= 0).all()) for n, p in body.items())
@@ -364,7 +365,7 @@ def test_fisher_diagonal_is_nonnegative_mean_one_and_restores_the_model() -> Non
         fisher_diagonal(model, [])
 
 
-def pretrained_like(model: FineTuneModel) -> FineTuneModel:
+def pretrained_like(model: GraftedModel) -> GraftedModel:
     """Give BatchNorm real running statistics as pre-training would (fresh ones make the Fisher degenerate)."""
     batchnorms = [m for m in model.body.modules() if isinstance(m, nn.BatchNorm2d)]
     for module in batchnorms:
@@ -379,7 +380,7 @@ def pretrained_like(model: FineTuneModel) -> FineTuneModel:
 def distance_after_training(reg: RegularizeConfig, steps: int = 20) -> float:
     """Full fine-tuning of the tiny model on fixed random data; how far the body ends from its start."""
     model = pretrained_like(tiny_model()[0])
-    fisher = fisher_diagonal(model, [{"inputs": images(8, 99, size=8)}]) if reg.ewc else None
+    fisher = fisher_diagonal(model, [images(8, 99, size=8)]) if reg.ewc else None
     penalty = AnchorPenalty(model, reg, fisher)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     inputs, labels = images(12, 1, size=8), torch.arange(12) % 3
@@ -408,7 +409,7 @@ def pixel_collate(items: list[tuple[str, int]]) -> dict[str, Any]:
     """Each image is constant, with the value of its label: the mix shows in the pixels."""
     labels = torch.tensor([label for _, label in items])
     return {"inputs": {"pixel_values": labels.float().view(-1, 1, 1, 1).expand(-1, 3, 8, 8).clone()},
-            "labels": labels}
+            "targets": labels}
 
 
 ITEMS = [(f"img{i}", i) for i in range(6)]
@@ -421,7 +422,7 @@ def test_mixup_mixes_pixels_and_labels_with_one_lambda() -> None:
     lam, order = float(torch.distributions.Beta(0.4, 0.4).sample()), torch.randperm(6)
     pixels, onehot = pixel_collate(ITEMS)["inputs"]["pixel_values"], torch.eye(6)
     assert torch.allclose(batch["inputs"]["pixel_values"], lam * pixels + (1 - lam) * pixels[order])
-    assert torch.allclose(batch["labels"], lam * onehot + (1 - lam) * onehot[order])
+    assert torch.allclose(batch["targets"], lam * onehot + (1 - lam) * onehot[order])
 
 
 @pytest.mark.parametrize(("mixup", "cutmix"), [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
@@ -430,7 +431,7 @@ def test_mixed_batches_have_soft_labels_that_match_the_pixels(mixup: float, cutm
     for seed in range(8):
         torch.manual_seed(seed)
         batch = collate(ITEMS)
-        labels, pixels = batch["labels"], batch["inputs"]["pixel_values"]
+        labels, pixels = batch["targets"], batch["inputs"]["pixel_values"]
         assert pixels.shape == (6, 3, 8, 8) and labels.shape == (6, 6)
         assert torch.allclose(labels.sum(dim=1), torch.ones(6))
         assert bool((labels.max(dim=1).values >= 0.5 - 1e-6).all()) and bool((labels <= 1 + 1e-6).all())

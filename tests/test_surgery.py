@@ -7,19 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess
-from graftune.config import HeadConfig
+from graftune.backbones.base import Backbone
+from graftune.backbones.surgery import CutBody, find_classifier, remove_classifier
+from graftune.config import HeadConfig, validate
 from graftune.errors import UserError
-from graftune.surgery import (
-    CutBody,
-    FineTuneModel,
-    Pooling,
-    build_head,
-    find_classifier,
-    parameter_summary,
-    remove_classifier,
-    resolve_pooling,
-)
+from graftune.grafted import GraftedModel, parameter_summary
+from graftune.preprocessing import ImagePreprocess
+from graftune.tasks.heads import Pooling, build_head
+from graftune.tasks.image_classification import ImageClassification
 
 
 @pytest.fixture(autouse=True)
@@ -121,12 +116,12 @@ def test_cut_body_wrong_layer_and_layer_never_called() -> None:
 def test_mean_pooling_honours_the_attention_mask() -> None:
     features = torch.randn(2, 5, 4)
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
-    pooled = Pooling("mean")(features, mask)
+    pooled = Pooling("mean")(features, {"attention_mask": mask})
     assert torch.allclose(pooled[0], features[0, :2].mean(0), atol=1e-6)
     assert torch.allclose(pooled[1], features[1].mean(0), atol=1e-6)
     changed = features.clone()
     changed[0, 2:] = 1000.0  # padding
-    assert torch.allclose(Pooling("mean")(changed, mask), pooled, atol=1e-6)
+    assert torch.allclose(Pooling("mean")(changed, {"attention_mask": mask}), pooled, atol=1e-6)
     assert not torch.allclose(Pooling("mean")(changed), pooled)  # without the mask it does count
 
 
@@ -134,10 +129,10 @@ def test_max_pooling_ignores_padding_and_cls_takes_the_first_token() -> None:
     features = torch.randn(2, 4, 3)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
     features[:, -1] = 50.0  # large values at a padded position for example 0
-    pooled = Pooling("max")(features, mask)
+    pooled = Pooling("max")(features, {"attention_mask": mask})
     assert torch.allclose(pooled[0], features[0, :3].amax(0))
     assert torch.allclose(pooled[1], features[1, 0])
-    assert torch.equal(Pooling("cls")(features, mask), features[:, 0])
+    assert torch.equal(Pooling("cls")(features, {"attention_mask": mask}), features[:, 0])
 
 
 def test_image_poolings_on_feature_maps() -> None:
@@ -159,15 +154,18 @@ def test_none_pooling_and_vectors_pass_through() -> None:
 def test_resolve_pooling_auto_uses_the_backbone_default() -> None:
     backbone = Backbone(body=nn.Identity(), feature_dim=4, groups=[], preprocess=ImagePreprocess(),
                         modality="image", default_pooling="avg", source="test")
-    assert resolve_pooling(HeadConfig(), backbone) == "avg"
-    assert resolve_pooling(HeadConfig(pooling="max"), backbone) == "max"
+    cfg = validate({"task": "image-classification", "model": {"source": "x"}, "data": {"train": "x"}})
+    assert ImageClassification.resolve(cfg, backbone).head.pooling == "avg"
+    chosen = validate({**cfg.model_dump(), "head": {"pooling": "max"}})
+    assert ImageClassification.resolve(chosen, backbone).head.pooling == "max"
+    assert cfg.head.pooling == "auto"  # the user's config is never changed
 
 
 # --- the new head ------------------------------------------------------------------------------------------
 
 
 def test_build_head_plain() -> None:
-    head = build_head(HeadConfig(dropout=0.0), feature_dim=10, num_classes=4, pooling="avg")
+    head = build_head(HeadConfig(dropout=0.0), feature_dim=10, num_outputs=4, pooling="avg")
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(10, 4)]
     assert not any(isinstance(m, nn.Dropout) for m in head.modules())
@@ -176,7 +174,7 @@ def test_build_head_plain() -> None:
 
 def test_build_head_hidden_layers_activation_and_dropout() -> None:
     cfg = HeadConfig(hidden=[16, 8], activation="relu", dropout=0.25)
-    head = build_head(cfg, feature_dim=10, num_classes=3, pooling="mean")
+    head = build_head(cfg, feature_dim=10, num_outputs=3, pooling="mean")
     kinds = [type(m) for m in head]
     assert kinds == [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
     linears = [m for m in head if isinstance(m, nn.Linear)]
@@ -188,21 +186,33 @@ def test_build_head_hidden_layers_activation_and_dropout() -> None:
 def test_avgmax_head_takes_twice_the_width() -> None:
     head = build_head(HeadConfig(), 16, 5, "avgmax")
     assert next(m for m in head if isinstance(m, nn.Linear)).in_features == 32
-    model = FineTuneModel(CutBody(helpers.tiny_cnn(), "layer3"), "avgmax", head)
+    model = GraftedModel(CutBody(helpers.tiny_cnn(), "layer3"), head, Pooling("avgmax"))
     assert model({"pixel_values": torch.randn(2, 3, 32, 32)}).shape == (2, 5)
 
 
-def test_avgmax_on_token_states_works_or_is_a_user_error() -> None:
-    try:
-        model = FineTuneModel(Tokens(8), "avgmax", build_head(HeadConfig(), 8, 3, "avgmax"))
-        logits = model({"input_ids": torch.randint(0, 50, (2, 5)), "attention_mask": torch.ones(2, 5)})
-    except UserError:
-        return
-    assert logits.shape == (2, 3)
+def test_avgmax_on_token_states_joins_the_masked_mean_and_max() -> None:
+    features = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1] * 5])
+    features[0, 3:] = 1000.0  # padding: counts in neither half
+    pooled = Pooling("avgmax")(features, {"attention_mask": mask})
+    assert pooled.shape == (2, 8)
+    assert torch.allclose(pooled[0], torch.cat([features[0, :3].mean(0), features[0, :3].amax(0)]), atol=1e-6)
+    assert torch.allclose(pooled[1], torch.cat([features[1].mean(0), features[1].amax(0)]), atol=1e-6)
+    model = GraftedModel(Tokens(8), build_head(HeadConfig(), 8, 3, "avgmax"), Pooling("avgmax"))
+    assert model({"input_ids": torch.randint(0, 50, (2, 5)), "attention_mask": torch.ones(2, 5)}).shape == (2, 3)
+
+
+def test_avgmax_on_vectors_is_a_user_error() -> None:
+    backbone = Backbone(body=nn.Identity(), feature_dim=4, groups=[], preprocess=ImagePreprocess(),
+                        modality="image", default_pooling="none", source="test", feature_rank=2)
+    cfg = validate({"task": "image-classification", "model": {"source": "x"}, "data": {"train": "x"},
+                    "head": {"pooling": "avgmax"}})
+    with pytest.raises(UserError, match="already gives one vector per example"):
+        ImageClassification.resolve(cfg, backbone)
 
 
 def test_fine_tune_model_text_forward_uses_the_mask() -> None:
-    model = FineTuneModel(Tokens(8), "mean", build_head(HeadConfig(dropout=0.0), 8, 3, "mean")).eval()
+    model = GraftedModel(Tokens(8), build_head(HeadConfig(dropout=0.0), 8, 3, "mean"), Pooling("mean")).eval()
     ids = torch.randint(1, 50, (2, 6))
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6])
     logits = model({"input_ids": ids, "attention_mask": mask})
@@ -215,12 +225,12 @@ def test_fine_tune_model_text_forward_uses_the_mask() -> None:
 # --- frozen layers in train mode ---------------------------------------------------------------------------
 
 
-def frozen_stem_model(policy: str) -> FineTuneModel:
+def frozen_stem_model(policy: str) -> GraftedModel:
     body = helpers.body_of(helpers.tiny_cnn())
     for name, param in body.named_parameters():
         if name.startswith(("model.conv1.", "model.bn1.")):
             param.requires_grad_(False)
-    return FineTuneModel(body, "avg", build_head(HeadConfig(), 16, 3, "avg"), batchnorm_policy=policy)
+    return GraftedModel(body, build_head(HeadConfig(), 16, 3, "avg"), Pooling("avg"), batchnorm_policy=policy)
 
 
 def test_train_keeps_frozen_batchnorm_in_eval_and_its_statistics() -> None:
@@ -249,8 +259,8 @@ def test_batchnorm_policy_train_updates_frozen_batchnorm() -> None:
 
 
 def test_fully_frozen_body_runs_in_eval_mode_and_eval_still_works() -> None:
-    model = FineTuneModel(helpers.body_of(helpers.tiny_cnn()), "avg",
-                          build_head(HeadConfig(dropout=0.5), 16, 3, "avg"))
+    model = GraftedModel(helpers.body_of(helpers.tiny_cnn()), build_head(HeadConfig(dropout=0.5), 16, 3, "avg"),
+                         Pooling("avg"))
     for param in model.body.parameters():
         param.requires_grad_(False)
     model.train()

@@ -14,15 +14,9 @@ from typing import Any
 
 from rich.console import Console
 
-from graftune.artifacts import FineTuned
+from graftune.artifacts import FineTuned, load_model
 from graftune.config import Config, load_config, validate
-from graftune.data.readers import read_examples
-from graftune.errors import UserError
-from graftune.evaluation import classification_metrics
-from graftune.loop import predict_loader
-from graftune.pipeline import RunResult, eval_loader, resume_run, train_run
-from graftune.predict import load_run, predict_inputs, read_inputs
-from graftune.tasks import get_task
+from graftune.run import RunResult, resume_run, train_run
 
 
 def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
@@ -42,28 +36,18 @@ def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrid
 def load(run_dir: str | Path, adapter: bool = False) -> FineTuned:
     """Load a fine-tuned model from its run folder; `adapter=True` rebuilds a LoRA run from the
     pre-trained body and its adapter instead of the merged weights."""
-    return load_run(run_dir, adapter)
+    return load_model(run_dir, adapter)
 
 
 def predict(run_dir: str | Path, files: list[str] | None = None,
             texts: list[str] | None = None) -> list[dict[str, Any]]:
-    """Label and class probabilities for image/text files and raw texts."""
-    fine_tuned = load_run(run_dir)
-    return predict_inputs(fine_tuned, read_inputs(fine_tuned, list(files or []), list(texts or [])))
+    """The task's prediction for image/text files and raw texts: a classifier's label and probabilities."""
+    fine_tuned = load_model(run_dir)
+    return fine_tuned.predict(fine_tuned.task.read_inputs(list(files or []), list(texts or [])))
 
 
 def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = None,
              label_column: str = "label", batch_size: int = 64) -> dict[str, Any]:
     """Metrics of a saved run on new labelled data (class folders or CSV/JSONL)."""
-    from accelerate import Accelerator
-
-    fine_tuned = load_run(run_dir)
-    task = get_task(fine_tuned.task)
-    examples = read_examples(data, task.modality, "auto", input_column, label_column)
-    unknown = sorted({e.label for e in examples} - set(fine_tuned.labels))
-    if unknown:
-        raise UserError(f"{data}: labels {', '.join(unknown)} were not in the training data of {run_dir} "
-                        f"(it knows {', '.join(fine_tuned.labels)}).")
-    index = {label: i for i, label in enumerate(fine_tuned.labels)}
-    loader = eval_loader(task, fine_tuned.backbone, examples, index, batch_size)
-    return classification_metrics(predict_loader(fine_tuned.model, loader, Accelerator()), fine_tuned.labels)
+    fine_tuned = load_model(run_dir)
+    return fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column), batch_size)

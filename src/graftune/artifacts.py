@@ -1,8 +1,13 @@
 """The saved model folder (RUN/model/) and loading it back for evaluate, predict and `run:` sources.
 
     model/model.safetensors   weights of body + head
-    model/graftune.json       task, labels, source, surgery, pooling, head, preprocessing, provenance
+    model/graftune.json       format, task and its schema (a classifier's labels), source, surgery, the
+                              run's resolved settings, preprocessing, provenance
     model/body/               files the architecture needs to rebuild offline (HF config, tokenizer)
+    model/adapter/            PEFT adapter and head (strategy lora only)
+
+The task and settings in graftune.json rebuild the same model the run trained: the task builds its
+head from the settings, the source rebuilds the body from its spec and `body/`.
 """
 
 from __future__ import annotations
@@ -11,84 +16,90 @@ import json
 import platform
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from graftune.backbones import Backbone, read_model_info, rebuild_backbone
-from graftune.config import Config, HeadConfig
-from graftune.surgery import FineTuneModel, build_head
-
-FORMAT_VERSION = 1
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Write a state dict as safetensors; tensors that share memory are written as copies."""
-    seen: set[int] = set()
-    state = {}
-    for name, tensor in model.state_dict().items():
-        pointer = tensor.data_ptr()
-        state[name] = tensor.detach().clone().contiguous() if pointer in seen else tensor.detach().contiguous()
-        seen.add(pointer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+from graftune.backbones.sources import MODEL_FORMAT
+from graftune.config import validate
+from graftune.data.readers import Example
+from graftune.errors import UserError
+from graftune.grafted import GraftedModel
+from graftune.loaders import eval_loader
+from graftune.loop import evaluate
+from graftune.lora import ADAPTER_DIR, attach_adapter
+from graftune.preprocessing import Preprocess
+from graftune.rundir import RunDir
+from graftune.settings import load_configured_backbone, run_preprocess
+from graftune.tasks import get_task
+from graftune.tasks.base import Task
+from graftune.weights import load_weights, save_weights
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    model.load_state_dict(load_file(str(path)), strict=True)
-
-
-def save_model_folder(folder: Path, model: FineTuneModel, backbone: Backbone, labels: list[str], cfg: Config,
+def save_model_folder(folder: Path, model: GraftedModel, backbone: Backbone, task: Task, preprocess: Preprocess,
                       parent: str | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / "model.safetensors")
     if backbone.save_files is not None:
         backbone.save_files(folder / "body")
     info = {
-        "format": FORMAT_VERSION,
-        "task": cfg.task,
-        "labels": labels,
+        "format": MODEL_FORMAT,
+        "task": task.name,
+        "schema": task.schema,
         "source": backbone.source,
-        "model_kwargs": cfg.model.kwargs,
         "surgery": backbone.surgery,
-        "pooling": model.pool.kind,
-        "head": cfg.head.model_dump(mode="json"),
-        "batchnorm": model.batchnorm_policy,
-        "preprocess": backbone.preprocess.to_json(),
+        "build_kwargs": backbone.build_kwargs,
+        "preprocess": preprocess.to_json(),
+        "settings": task.settings.model_dump(mode="json"),
         "provenance": {"started_from": parent or backbone.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       "graftune": _version(), "torch": torch.__version__, "python": platform.python_version()},
+                       "graftune": version("graftune"), "torch": torch.__version__,
+                       "python": platform.python_version()},
     }
     (folder / "graftune.json").write_text(json.dumps(info, indent=2))
 
 
 @dataclass
 class FineTuned:
-    """A fine-tuned model loaded from a run, ready to evaluate or predict."""
+    """A fine-tuned model loaded from a run, ready to predict or evaluate."""
 
-    model: FineTuneModel
-    backbone: Backbone
-    labels: list[str]
-    task: str
+    model: GraftedModel
+    preprocess: Preprocess
+    task: Task
     info: dict[str, Any]
 
+    def predict(self, inputs: list[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One result per (name, input): for a classifier, the label and every class's probability."""
+        return self.task.predict(self.model, self.preprocess, inputs, batch_size)
 
-def load_model_folder(folder: Path) -> FineTuned:
+    def evaluate(self, examples: list[Example], batch_size: int = 64) -> dict[str, Any]:
+        """The task's test metrics on labelled examples."""
+        from accelerate import Accelerator
+
+        loader = eval_loader(self.task.items(examples), self.task.collate(self.preprocess), self.preprocess,
+                             batch_size)
+        return self.task.test_results(evaluate(self.model, loader, self.task.step, Accelerator()))
+
+
+def load_model(run_dir: str | Path, adapter: bool = False) -> FineTuned:
+    """A run's saved model; with `adapter`, the pre-trained body plus the run's LoRA adapter and head instead
+    of the merged weights."""
+    run = RunDir(run_dir).require()
+    folder = run.model
     info = read_model_info(folder)
-    backbone = rebuild_backbone(info, folder)
-    head = build_head(HeadConfig.model_validate(info["head"]), backbone.feature_dim, len(info["labels"]),
-                      info["pooling"])
-    model = FineTuneModel(backbone.body, info["pooling"], head, info.get("batchnorm", "frozen"))
-    load_weights(model, folder / "model.safetensors")
+    settings = validate(info["settings"], source=str(folder / "graftune.json"))
+    task = get_task(info["task"])(settings, info["schema"])
+    if adapter:
+        if not (folder / ADAPTER_DIR).is_dir():
+            raise UserError(f"{folder}: no LoRA adapter here; only runs with strategy lora save one.")
+        backbone = load_configured_backbone(settings)
+        model = task.build_model(backbone)
+        attach_adapter(model, folder)
+    else:
+        backbone = rebuild_backbone(info, folder)
+        model = task.build_model(backbone)
+        load_weights(model, folder / "model.safetensors")
     model.eval()
-    return FineTuned(model, backbone, list(info["labels"]), info["task"], info)
-
-
-def _version() -> str:
-    from graftune import __version__
-
-    return __version__
+    return FineTuned(model, run_preprocess(backbone, settings), task, info)

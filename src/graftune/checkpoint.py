@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftune.artifacts import load_weights, save_weights
+from graftune.weights import load_weights, save_weights
 
 
 def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

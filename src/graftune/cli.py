@@ -64,7 +64,7 @@ def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config (optional with --task/--model/--data)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run directory to create")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: a.b=value")] = None,
-    task: Annotated[str | None, typer.Option(help="image-classification or text-classification")] = None,
+    task: Annotated[str | None, typer.Option(help="image-classification, text-classification, ...")] = None,
     model: Annotated[str | None, typer.Option(help="hf:, timm:, torchvision:, module:, run: or a preset")] = None,
     data: Annotated[list[str] | None, typer.Option(help="PATH, or val=PATH / test=PATH")] = None,
     freeze: Annotated[str | None, typer.Option(help="all | none | K | regex[,regex]")] = None,
@@ -106,17 +106,15 @@ def evaluate(
     json_output: Annotated[bool, typer.Option("--json", help="print all metrics as JSON")] = False,
 ) -> None:
     """Score a fine-tuned model on new labelled data."""
-    from graftune.api import evaluate as evaluate_api
+    from graftune.api import load
 
-    metrics = evaluate_api(run, data, input_column=input_column, label_column=label_column)
+    fine_tuned = load(run)
+    metrics = fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column))
     if json_output:
         typer.echo(json.dumps(metrics, indent=2))
         return
-    typer.echo(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-               f"loss {metrics['loss']:.4f}  ({metrics['examples']} examples)")
-    for label, scores in metrics["per_class"].items():
-        typer.echo(f"  {label:<20} precision {scores['precision']:.3f}  recall {scores['recall']:.3f}  "
-                   f"f1 {scores['f1']:.3f}  support {scores['support']}")
+    for line in [fine_tuned.task.summary(metrics), *fine_tuned.task.details(metrics)]:
+        typer.echo(line)
 
 
 @app.command()
@@ -127,14 +125,12 @@ def predict(
     text: Annotated[list[str] | None, typer.Option("--text", help="a text to classify (repeatable)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities")] = False,
 ) -> None:
-    """Label and probabilities for each input."""
-    from graftune.api import predict as predict_api
+    """The model's prediction for each input: for a classifier, the label and its probability."""
+    from graftune.api import load
 
-    for result in predict_api(run, files=inputs or [], texts=text or []):
-        if json_output:
-            typer.echo(json.dumps(result))
-        else:
-            typer.echo(f"{result['input']}\t{result['label']}\t{result['probabilities'][result['label']]:.3f}")
+    fine_tuned = load(run)
+    for result in fine_tuned.predict(fine_tuned.task.read_inputs(inputs or [], text or [])):
+        typer.echo(json.dumps(result) if json_output else fine_tuned.task.format_prediction(result))
 
 
 @app.command()

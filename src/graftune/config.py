@@ -4,6 +4,10 @@ A config names what to fine-tune (`model.source`), on what (`data`), how the new
 what stays frozen (`freeze`), and how to train (`optim`, `train`). Every key has a default except the
 task, the model source and the training data.
 
+A `Config` is immutable: the user's is never changed. The run resolves every `auto` and unset default
+once, after the backbone loads, into a new `Config` (graftune/settings.py), the one written to
+RUN/config.yaml.
+
 Example:
     >>> cfg = load_config("run.yaml", overrides=["train.epochs=5", "optim.lr=1e-4"])
 """
@@ -19,15 +23,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graftune.errors import UserError, closest
-
-TaskName = Literal["image-classification", "text-classification"]
-TASKS: tuple[str, ...] = ("image-classification", "text-classification")
+from graftune.tasks import task_names
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, not silently ignored."""
+    """Base of every config section: unknown keys are errors, not silently ignored; values never change."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(Section):
@@ -78,7 +80,16 @@ class FreezeConfig(Section):
 
     @field_validator("body")
     @classmethod
-    def _check_body(cls, value: str | int | list[str]) -> str | int | list[str]:
+    def _parse_body(cls, value: str | int | list[str]) -> str | int | list[str]:
+        """Read the spec once, here: 'all', 'none', '3' -> 3, 'a,b' -> ['a', 'b'] (regexes)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.isdigit():
+                value = int(text)
+            elif text not in ("all", "none"):
+                return [part for part in text.split(",") if part]
+            else:
+                return text
         if isinstance(value, int) and value < 0:
             raise ValueError("the number of frozen layer groups cannot be negative")
         return value
@@ -147,7 +158,8 @@ class OptimConfig(Section):
 
 
 class EarlyStopConfig(Section):
-    metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    metric: str | None = Field(None, description="validation metric that picks the best epoch; default: the "
+                                                 "task's (val_accuracy for classifiers)")
     patience: int | None = Field(3, ge=1, description="epochs without improvement before stopping; null: never")
 
 
@@ -180,7 +192,7 @@ class CacheConfig(Section):
 class Config(Section):
     """A whole run. `graftune train` writes the resolved version to RUN/config.yaml."""
 
-    task: TaskName
+    task: str = Field(description="what the new model does: image-classification, text-classification, ...")
     model: ModelConfig
     data: DataConfig
     head: HeadConfig = HeadConfig()
@@ -191,8 +203,27 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     cache: CacheConfig = CacheConfig()
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        names = task_names()
+        if value not in names:
+            raise ValueError(f"unknown task '{value}'.{closest(value, names)} Tasks: {', '.join(names)}")
+        return value
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def updated(self, values: dict[str, Any]) -> Config:
+        """A new, validated config with `values` at their dotted keys ({"optim.lr": 1e-3})."""
+        raw = self.model_dump(mode="json")
+        for key, value in values.items():
+            *parents, last = key.split(".")
+            section = raw
+            for part in parents:
+                section = section[part]
+            section[last] = value
+        return validate(raw, source="resolved settings")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from graftune.config import validate
 from graftune.datasets import write_bbc_news
-from graftune.pipeline import RunResult, train_run
+from graftune.run import RunResult, train_run
 
 DEMO_PER_CLASS = 80
 

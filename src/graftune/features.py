@@ -1,8 +1,13 @@
 """Cached features of a frozen body: while a stage trains only the head, the body runs once, not every epoch.
 
 In a stage that trains only the head (a linear probe; the first stage of lp-ft, gradual, fastai and
-ulmfit) the body is frozen and in inference mode, so the pooled features of an example are the same
-in every epoch. They are computed once, in length-sorted batches, and the head trains on them.
+ulmfit) the body is frozen and in inference mode, so the encoding of an example (`model.encode`: the
+body and the task's neck, e.g. a classifier's pooled vector) is the same in every epoch. It is computed
+once, in length-sorted batches, and the head trains on it. Encodings may have any shape per example
+(a vector, per-frame vectors); targets are whatever the task's items hold.
+
+`EpochLoaders` is the one boundary the training loop sees: each epoch it hands over the (train, val)
+loaders, cached or live.
 
 They are stored on disk (`cache.dir`) under a key that hashes everything that decides them: the
 body's architecture and weights, the preprocessing (image size and normalisation, or the tokenizer
@@ -37,14 +42,14 @@ from rich.console import Console
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from graftune.backbones.base import Preprocess, TextPreprocess
+from graftune.grafted import GraftedModel
+from graftune.preprocessing import Preprocess, TextPreprocess
 from graftune.sampling import FixedBatches
-from graftune.surgery import FineTuneModel
 
-FORMAT = "graftune-features-2"  # part of every key: bump when extraction or augmentation code changes
-Items = list[tuple[str, int]]
+FORMAT = "graftune-features-3"  # part of every key: bump when extraction or augmentation code changes
+Items = list[tuple[str, Any]]  # (input, target)
 MakeCollate = Callable[[bool], Callable[[Items], dict[str, Any]]]  # augment -> collate
 
 
@@ -135,7 +140,7 @@ class FeatureStore:
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             problem = f"unreadable ({str(err)[:80]})"
         else:
-            if meta.get("key") != key or features.dim() != 3 or features.shape[1] != count:
+            if meta.get("key") != key or features.dim() < 3 or features.shape[1] != count:
                 problem = "written for other inputs"
             elif meta.get("checksum") != _checksum(features):
                 problem = "damaged (checksum mismatch)"
@@ -159,9 +164,9 @@ class FeatureStore:
 
 # ----------------------------------------------------------------------------------- extraction
 
-def extract_features(model: FineTuneModel, items: Items, collate: Callable[[Items], dict[str, Any]],
+def extract_features(model: GraftedModel, items: Items, collate: Callable[[Items], dict[str, Any]],
                      batches: Sequence[list[int]], accelerator: Any, num_workers: int = 0) -> torch.Tensor:
-    """Pooled body features (N, D) of `items`, in item order; `batches` say which items go together."""
+    """Encodings (N, ...) of `items`, in item order; `batches` say which items go together."""
     loader: DataLoader[Any] = DataLoader(items, batch_sampler=batches, collate_fn=collate,  # type: ignore[arg-type]
                                          num_workers=num_workers)
     was_training = model.training
@@ -171,41 +176,41 @@ def extract_features(model: FineTuneModel, items: Items, collate: Callable[[Item
         for indices, batch in zip(batches, loader, strict=True):
             inputs = {name: value.to(accelerator.device) for name, value in batch["inputs"].items()}
             with accelerator.autocast():
-                features = model.features(inputs).float().cpu()
+                features = model.encode(inputs).float().cpu()
             if out is None:
-                out = torch.empty(len(items), features.shape[1])
+                out = torch.empty(len(items), *features.shape[1:])
             out[indices] = features
     model.train(was_training)
     return out if out is not None else torch.empty(0, 0)
 
 
-class CachedFeatures(Dataset[tuple[torch.Tensor, int]]):
-    """Features (views, N, D) with labels; in epoch e, example i comes in view (e + i) mod views."""
+class CachedFeatures(Dataset[tuple[torch.Tensor, Any]]):
+    """Encodings (views, N, ...) with targets; in epoch e, example i comes in view (e + i) mod views."""
 
-    def __init__(self, features: torch.Tensor, labels: list[int]) -> None:
-        self.features, self.labels, self.epoch = features, labels, 0
+    def __init__(self, features: torch.Tensor, targets: list[Any]) -> None:
+        self.features, self.targets, self.epoch = features, targets, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.features[(self.epoch + index) % self.features.shape[0], index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        return self.features[(self.epoch + index) % self.features.shape[0], index], self.targets[index]
 
 
-def collate_features(items: list[tuple[torch.Tensor, int]]) -> dict[str, Any]:
-    """A batch the model's forward takes as it is: `features` skip the body (see FineTuneModel)."""
+def collate_features(items: list[tuple[torch.Tensor, Any]]) -> dict[str, Any]:
+    """A batch the model's forward takes as it is: `features` skip the body (see GraftedModel)."""
     return {"inputs": {"features": torch.stack([f for f, _ in items])},
-            "labels": torch.tensor([label for _, label in items], dtype=torch.long)}
+            "targets": default_collate([target for _, target in items])}
 
 
 # ---------------------------------------------------------------------------------------- feeds
 
 @dataclass
 class Split:
-    """One split's inputs and labels, with how to batch them for extraction."""
+    """One split's items, with how to batch them for extraction."""
 
     items: Items
     batches: FixedBatches  # length-sorted for text; in order for images
@@ -219,7 +224,7 @@ class FeatureFeeds:
     live (augmentation with cache.views 0, or mixup/cutmix, which mix the body's inputs).
     """
 
-    model: FineTuneModel
+    model: GraftedModel
     accelerator: Any
     make_collate: MakeCollate
     train: Split
@@ -240,7 +245,7 @@ class FeatureFeeds:
         if self._loaders is None:
             started = time.perf_counter()
             with _random_state_kept():  # the epoch's dropout and shuffles draw as if nothing ran here
-                key = stage_key(self.model.body, self.preprocess, self.model.pool.kind, self.accelerator)
+                key = stage_key(self.model.body, self.preprocess, repr(self.model.neck), self.accelerator)
                 train = self._train_loader(key) if self.views else None
                 val = self._loader(self._split_features(key, self.val, augment=False, views=1), self.val, None)
             self._loaders = (train, val)
@@ -254,7 +259,7 @@ class FeatureFeeds:
         return self._loader(features, self.train, self.train_batches)
 
     def _loader(self, features: torch.Tensor, split: Split, batches: Any) -> Any:
-        dataset = CachedFeatures(features, [label for _, label in split.items])
+        dataset = CachedFeatures(features, [target for _, target in split.items])
         loader: DataLoader[Any] = DataLoader(dataset, batch_sampler=split.batches if batches is None else batches,
                                              collate_fn=collate_features)
         return self.accelerator.prepare_data_loader(loader)
@@ -289,7 +294,31 @@ def _random_state_kept() -> Iterator[None]:
     np.random.set_state(numpy_state)
 
 
-def stage_key(body: nn.Module, preprocess: Preprocess, pooling: str, accelerator: Any) -> str:
-    """What decides a feature besides the input: the body, its preprocessing, the pooling, the precision."""
-    return _hash([fingerprint_body(body), fingerprint_preprocess(preprocess), pooling,
+def stage_key(body: nn.Module, preprocess: Preprocess, neck: str, accelerator: Any) -> str:
+    """What decides an encoding besides the input: the body, its preprocessing, the neck, the precision."""
+    return _hash([fingerprint_body(body), fingerprint_preprocess(preprocess), neck,
                   str(accelerator.mixed_precision), accelerator.device.type])
+
+
+@dataclass(frozen=True)
+class EpochFeed:
+    train: Any
+    val: Any
+    cached: bool  # the training batches are cached encodings: the body does not run
+
+
+@dataclass
+class EpochLoaders:
+    """Each epoch's (train, val) loaders: cached encodings while `head_only()` (nothing in the body can
+    change), the live loaders otherwise. The loop never knows which it got."""
+
+    train: Any
+    val: Any
+    cache: FeatureFeeds | None
+    head_only: Callable[[], bool]
+
+    def for_epoch(self) -> EpochFeed:
+        if self.cache is None or not self.head_only():
+            return EpochFeed(self.train, self.val, cached=False)
+        train, val = self.cache.loaders()
+        return EpochFeed(train if train is not None else self.train, val, cached=train is not None)

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import set_seed
@@ -14,10 +14,9 @@ from rich.console import Console
 from torch import nn
 
 from graftune.checkpoint import save_checkpoint
-from graftune.config import EarlyStopConfig, TrainConfig
-from graftune.evaluation import validation_metrics
-from graftune.features import FeatureFeeds
-from graftune.loop import predict_loader, train_one_epoch
+from graftune.config import TrainConfig
+from graftune.features import EpochLoaders
+from graftune.loop import Evaluation, StepFn, evaluate, train_one_epoch
 from graftune.optim import current_lrs
 from graftune.progress import progress_bar
 from graftune.rundir import RunDir
@@ -45,6 +44,15 @@ class FitState:
                 "stage_start": self.stage_start}
 
 
+@dataclass(frozen=True)
+class Monitor:
+    """The validation metric that picks the best epoch and stops early, and which way is better."""
+
+    metric: str
+    mode: Literal["max", "min"]
+    patience: int | None  # epochs without improvement before stopping; None: never
+
+
 @dataclass
 class Trainee:
     """Everything the epochs need, already prepared by Accelerate."""
@@ -53,28 +61,20 @@ class Trainee:
     optimizer: Any  # Accelerate's wrapper; `.optimizer` is the torch optimizer that stages grow
     scheduler: Any
     accelerator: Any
-    train_loader: Any
-    val_loader: Any
+    loaders: EpochLoaders  # live, or cached body encodings while only the head trains
     batches: ShuffledBatches  # the training batches of every epoch, cached or live
-    loss_fn: nn.Module
+    step: StepFn  # the task's loss of a batch
+    validation_metrics: Callable[[Evaluation], dict[str, float]]
     grad_clip: float | None
     switch: StageSwitch
     steps_per_epoch: int
     penalty: Callable[[], torch.Tensor] | None = None
-    feeds: FeatureFeeds | None = None  # cached body features for stages that train only the head
-
-    def loaders(self) -> tuple[Any, Any]:
-        """This epoch's (train, val) loaders: cached features while only the head trains."""
-        if self.feeds is None or not self.switch.head_only():
-            return self.train_loader, self.val_loader
-        train, val = self.feeds.loaders()
-        return train if train is not None else self.train_loader, val
 
 
-def improved(score: float, best: float | None, rule: EarlyStopConfig) -> bool:
+def improved(score: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(score)
-    return score < best if rule.metric == "val_loss" else score > best
+    return score < best if mode == "min" else score > best
 
 
 def stage_over(stage: Stage, state: FitState) -> bool:
@@ -85,13 +85,15 @@ def stage_over(stage: Stage, state: FitState) -> bool:
     return stage.plateau_patience is not None and state.bad_epochs >= stage.plateau_patience
 
 
-def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, console: Console) -> FitState:
+def fit(trainee: Trainee, train_cfg: TrainConfig, monitor: Monitor, run: RunDir, state: FitState,
+        console: Console) -> FitState:
     """Train from `state.epoch + 1`, walking the strategy's stages, until the last epoch or early stop."""
-    rule, stages = train_cfg.early_stopping, trainee.switch.stages
+    stages = trainee.switch.stages
     for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
         set_seed(train_cfg.seed * 1_000 + epoch)  # augmentation and dropout: same draws on resume
         started = time.perf_counter()
-        train_loader, val_loader = trainee.loaders()
+        feed = trainee.loaders.for_epoch()
+        train_loader, val_loader = feed.train, feed.val
         # Accelerate's loader re-sets the sampler's epoch from its own per-process counter on every
         # iteration; telling the loader keeps shuffles tied to the epoch, so a resumed run matches.
         if hasattr(train_loader, "set_epoch"):
@@ -99,18 +101,19 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
         trainee.batches.set_epoch(epoch)
         stage = stages[state.stage]
         row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "stage_index": state.stage,
-                               **trainee.switch.describe(), "cached_features": train_loader is not trainee.train_loader}
+                               **trainee.switch.describe(), "cached_features": feed.cached}
         with progress_bar(train_cfg.progress, f"epoch {epoch}/{train_cfg.epochs} ({stage.name})",
                           len(train_loader) + len(val_loader)) as advance:
             train_loss = train_one_epoch(trainee.model, train_loader, trainee.optimizer, trainee.scheduler,
-                                         trainee.accelerator, trainee.loss_fn, trainee.grad_clip, advance,
+                                         trainee.accelerator, trainee.step, trainee.grad_clip, advance,
                                          trainee.penalty)
-            val = validation_metrics(predict_loader(trainee.model, val_loader, trainee.accelerator, advance))
+            val = trainee.validation_metrics(evaluate(trainee.model, val_loader, trainee.step, trainee.accelerator,
+                                                      advance))
         row.update({"train_loss": train_loss, "lr": current_lrs(trainee.optimizer), **val,
                     "seconds": round(time.perf_counter() - started, 3)})
         state.epoch = epoch
-        score = val[rule.metric]
-        better = improved(score, state.best_score, rule)
+        score = val[monitor.metric]
+        better = improved(score, state.best_score, monitor.mode)
         if better:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
         else:
@@ -118,16 +121,16 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, run: RunDir, state: FitState, 
         last_stage = state.stage == len(stages) - 1
         if not last_stage and epoch < train_cfg.epochs and stage_over(stage, state):
             _next_stage(trainee, state)
-        state.stopped_early = last_stage and rule.patience is not None and state.bad_epochs >= rule.patience
+        state.stopped_early = last_stage and monitor.patience is not None and state.bad_epochs >= monitor.patience
         if trainee.accelerator.is_main_process:
             run.append_metrics(row)
             save_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
                             trainee.scheduler, state.to_json(), best=run.best if better else None)
+        shown = "" if monitor.metric == "val_loss" else f"  {monitor.metric} {score:.4f}"
         console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {train_loss:.4f}  "
-                      f"val_loss {val['val_loss']:.4f}  val_accuracy {val['val_accuracy']:.4f}  "
-                      f"({row['seconds']:.0f} s)")
+                      f"val_loss {val['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)")
         if state.stopped_early:
-            console.print(f"stopping early: {rule.metric} has not improved for {rule.patience} epochs "
+            console.print(f"stopping early: {monitor.metric} has not improved for {monitor.patience} epochs "
                           f"(best {state.best_score:.4f} at epoch {state.best_epoch})")
             break
     return state

@@ -14,21 +14,8 @@ from graftune.backbones.base import LayerGroup
 from graftune.errors import UserError
 
 
-def parse_freeze(value: str | int | list[str]) -> str | int | list[str]:
-    """CLI text to a freeze spec: 'all', 'none', '3' -> 3, 'a,b' -> ['a', 'b'] (regexes)."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text in ("all", "none"):
-            return text
-        if text.isdigit():
-            return int(text)
-        return [part for part in text.split(",") if part]
-    return value
-
-
 def frozen_parameter_names(spec: str | int | list[str], groups: list[LayerGroup], body: nn.Module) -> set[str]:
-    """Names (relative to the body) of the parameters the spec freezes."""
-    spec = parse_freeze(spec)
+    """Names (relative to the body) of the parameters the spec (`freeze.body`, as the config parsed it) freezes."""
     names = [n for n, _ in body.named_parameters()]
     if spec == "none":
         return set()

@@ -1,9 +1,13 @@
-"""One training epoch and one evaluation pass. No config reading and no freezing decisions here."""
+"""One training epoch and one evaluation pass over any task. No config reading and no freezing decisions here.
+
+The task's `step(model, batch, train)` computes a batch's loss and the outputs its metrics need; this
+module only runs steps, sums losses and gathers outputs across processes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,65 +15,74 @@ import torch
 from torch import nn
 
 Progress = Callable[[], None]
+Batch = dict[str, Any]  # {"inputs": {name: tensor}, "targets": what the task's loss compares with}
 
 
 @dataclass
-class Predictions:
-    """Outputs of one pass over a labelled loader; probabilities are (N, classes), not raw logits."""
+class Step:
+    """One batch through a task's step: the loss, a mean over `count` examples (or tokens), and the
+    per-example outputs the task's metrics need (first dimension: the batch)."""
+
+    loss: torch.Tensor
+    count: int
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+StepFn = Callable[[nn.Module, Batch, bool], Step]  # (model, batch, train) -> Step
+
+
+@dataclass
+class Evaluation:
+    """A whole pass over a loader: the mean loss and every example's outputs, in loader order."""
 
     loss: float
-    labels: np.ndarray
-    probs: np.ndarray
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return self.probs.argmax(axis=1)
+    count: int
+    outputs: dict[str, np.ndarray]
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], optimizer: torch.optim.Optimizer,
-                    scheduler: Any, accelerator: Any, loss_fn: nn.Module, grad_clip: float | None,
-                    progress: Progress | None = None, penalty: Callable[[], torch.Tensor] | None = None) -> float:
+def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, scheduler: Any,
+                    accelerator: Any, step: StepFn, grad_clip: float | None, progress: Progress | None = None,
+                    penalty: Callable[[], torch.Tensor] | None = None) -> float:
     """Train over the loader once; return the mean training loss (without the `penalty` term).
 
-    Labels may be class indices or soft targets (mixup, cutmix). `penalty()` is added to the loss
-    (L2-SP, EWC). The scheduler steps once per optimizer step.
+    `penalty()` is added to the loss (L2-SP, EWC). The scheduler steps once per optimizer step.
     """
     model.train()
     total, count = 0.0, 0
     for batch in loader:
         with accelerator.accumulate(model):
-            logits = model(batch["inputs"])
-            loss = loss_fn(logits, batch["labels"])
-            accelerator.backward(loss + penalty() if penalty is not None else loss)
+            result = step(model, batch, True)
+            accelerator.backward(result.loss + penalty() if penalty is not None else result.loss)
             if grad_clip and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
             optimizer.step()
             if accelerator.sync_gradients:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        total += float(loss.detach()) * len(batch["labels"])
-        count += len(batch["labels"])
+        total += float(result.loss.detach()) * result.count
+        count += result.count
         if progress:
             progress()
     return total / max(1, count)
 
 
 @torch.inference_mode()
-def predict_loader(model: nn.Module, loader: Iterable[dict[str, Any]], accelerator: Any,
-                   progress: Progress | None = None) -> Predictions:
-    """Evaluate under inference mode, keeping class probabilities per example and the summed loss."""
+def evaluate(model: nn.Module, loader: Iterable[Batch], step: StepFn, accelerator: Any,
+             progress: Progress | None = None) -> Evaluation:
+    """Evaluate under inference mode: the summed loss and the outputs of every example, gathered from
+    every process (Accelerate drops the duplicates that pad the last batch)."""
     model.eval()
-    loss_sum, count = 0.0, 0
-    probs, labels = [], []
+    loss_sum, count = 0.0, 0.0
+    gathered: dict[str, list[np.ndarray]] = {}
     for batch in loader:
-        logits = model(batch["inputs"]).float()
-        loss = nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
-        batch_probs, batch_labels = accelerator.gather_for_metrics((logits.softmax(-1), batch["labels"]))
-        loss_sum += float(accelerator.reduce(loss, reduction="sum"))
-        count += len(batch_labels)
-        probs.append(batch_probs.cpu().numpy())
-        labels.append(batch_labels.cpu().numpy())
+        result = step(model, batch, False)
+        summed = result.loss.detach().float() * result.count
+        loss_sum += float(accelerator.reduce(summed, reduction="sum"))
+        count += float(accelerator.reduce(torch.tensor(float(result.count), device=summed.device), reduction="sum"))
+        if result.outputs:
+            for name, value in accelerator.gather_for_metrics(result.outputs).items():
+                gathered.setdefault(name, []).append(value.cpu().numpy())
         if progress:
             progress()
-    return Predictions(loss=loss_sum / max(1, count), labels=np.concatenate(labels) if labels else np.zeros(0),
-                       probs=np.concatenate(probs) if probs else np.zeros((0, 0)))
+    outputs = {name: np.concatenate(parts) for name, parts in gathered.items()}
+    return Evaluation(loss=loss_sum / max(1.0, count), count=int(count), outputs=outputs)

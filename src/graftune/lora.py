@@ -7,6 +7,7 @@ rates and metrics keep working by group.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -16,14 +17,15 @@ from torch import nn
 from graftune.backbones.base import Backbone, LayerGroup
 from graftune.config import LoraConfig
 from graftune.errors import UserError
-from graftune.surgery import FineTuneModel
+from graftune.grafted import GraftedModel
 
 ADAPTER_DIR = "adapter"
 HEAD_FILE = "head.safetensors"
 
 
-def add_lora(backbone: Backbone, cfg: LoraConfig) -> None:
-    """Wrap the body with fresh LoRA adapters (B = 0, so outputs are unchanged until it trains)."""
+def add_lora(backbone: Backbone, cfg: LoraConfig) -> Backbone:
+    """The backbone with its body wrapped in fresh LoRA adapters (B = 0, so outputs are unchanged until
+    it trains) and its layer groups renamed to match."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -31,9 +33,8 @@ def add_lora(backbone: Backbone, cfg: LoraConfig) -> None:
     _plain_pointwise(backbone.body, targets)
     config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                             bias="none")
-    groups = backbone.groups
-    backbone.body = get_peft_model(backbone.body, config)
-    backbone.groups = regroup(groups, backbone.body)
+    body = get_peft_model(backbone.body, config)
+    return dataclasses.replace(backbone, body=body, groups=regroup(backbone.groups, body))
 
 
 def _plain_pointwise(body: nn.Module, targets: list[str]) -> None:
@@ -63,19 +64,19 @@ def regroup(groups: list[LayerGroup], body: nn.Module) -> list[LayerGroup]:
     return [LayerGroup(group.name, renamed[group.name]) for group in groups]
 
 
-def save_adapter(model: FineTuneModel, folder: Path) -> None:
+def save_adapter(model: GraftedModel, folder: Path) -> None:
     """PEFT's adapter files plus the new head, in `folder/adapter/`."""
     target = folder / ADAPTER_DIR
     model.body.save_pretrained(str(target))  # type: ignore[operator]
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(target / HEAD_FILE))
 
 
-def merge(model: FineTuneModel) -> None:
+def merge(model: GraftedModel) -> None:
     """Fold the adapters into the body's weights; the body is a plain module again."""
     model.body = model.body.merge_and_unload()  # type: ignore[operator]
 
 
-def attach_adapter(model: FineTuneModel, folder: Path) -> None:
+def attach_adapter(model: GraftedModel, folder: Path) -> None:
     """Load a saved adapter and head onto a model built on the pre-trained body (inference only)."""
     from peft import PeftModel
 

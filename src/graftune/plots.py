@@ -1,4 +1,4 @@
-"""PNG plots in the run directory: learning curves and the test confusion matrix."""
+"""PNG plots in the run directory: learning curves of any task, and a classifier's test confusion matrix."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 
 
-def learning_curves(rows: list[dict[str, Any]], path: Path) -> None:
+def learning_curves(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """Training and validation loss per epoch, beside the validation metric that picks the best epoch."""
     epochs = [r["epoch"] for r in rows]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
     loss_ax.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_ax.legend()
-    acc_ax.plot(epochs, [r["val_accuracy"] for r in rows], marker="o", color="tab:green")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy", ylim=(0, 1.02))
+    metric_ax.plot(epochs, [r[metric] for r in rows], marker="o", color="tab:green")
+    metric_ax.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric.removeprefix('val_')}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

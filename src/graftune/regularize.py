@@ -18,7 +18,7 @@ from torch import nn
 
 from graftune.config import Config, RegularizeConfig
 from graftune.errors import UserError
-from graftune.surgery import FineTuneModel
+from graftune.grafted import GraftedModel
 
 BODY_FROZEN = ("linear-probe", "lora")  # strategies whose body weights never move
 
@@ -45,7 +45,7 @@ def anchored(reg: RegularizeConfig) -> bool:
 class AnchorPenalty:
     """L2-SP / EWC penalty, a function of the current weights; call it for the term to add to the loss."""
 
-    def __init__(self, model: FineTuneModel, reg: RegularizeConfig,
+    def __init__(self, model: GraftedModel, reg: RegularizeConfig,
                  fisher: dict[str, torch.Tensor] | None = None) -> None:
         self.reg = reg
         self.body = [(name, param, param.detach().clone()) for name, param in model.body.named_parameters()]
@@ -71,8 +71,11 @@ class AnchorPenalty:
         return float(sum(float((p.detach() - a).pow(2).sum()) for _, p, a in self.body) ** 0.5)
 
 
-def fisher_diagonal(model: FineTuneModel, batches: Iterable[dict[str, Any]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher of the body's pooled features on retained inputs, scaled to mean 1.
+def fisher_diagonal(model: GraftedModel, batches: Iterable[dict[str, torch.Tensor]],
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of the body's encodings on retained inputs, scaled to mean 1.
+
+    `batches` are input dicts, as the body takes them.
 
     For features f(x) under N(f(x), I), F = E_x[sum_k (df_k/dw)^2]. With a random sign vector e per
     example, E[(d(e . f(x))/dw)^2] is exactly that; summing e_i . f(x_i) over a batch keeps the estimate
@@ -86,9 +89,9 @@ def fisher_diagonal(model: FineTuneModel, batches: Iterable[dict[str, Any]], see
     model.eval()
     totals = {name: torch.zeros_like(p) for name, p in params.items()}
     count, device = 0, next(iter(params.values())).device
-    for batch in batches:
+    for inputs in batches:
         model.zero_grad(set_to_none=True)
-        features = model.features({key: value.to(device) for key, value in batch["inputs"].items()})
+        features = model.encode({key: value.to(device) for key, value in inputs.items()})
         signs = torch.randint(0, 2, features.shape, generator=generator).to(features) * 2 - 1
         (features * signs).sum().backward()
         for name, param in params.items():
@@ -115,7 +118,7 @@ def mixing_collate(collate: Callable[[list[tuple[str, int]]], dict[str, Any]], n
 
     def collate_mixed(items: list[tuple[str, int]]) -> dict[str, Any]:
         batch = collate(items)
-        pixels, labels = batch["inputs"]["pixel_values"], batch["labels"]
+        pixels, labels = batch["inputs"]["pixel_values"], batch["targets"]
         targets = nn.functional.one_hot(labels, num_classes).float()
         use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()) < 0.5)
         alpha = cutmix if use_cutmix else mixup
@@ -126,7 +129,7 @@ def mixing_collate(collate: Callable[[list[tuple[str, int]]], dict[str, Any]], n
         else:
             pixels = lam * pixels + (1 - lam) * pixels[order]
         batch["inputs"]["pixel_values"] = pixels
-        batch["labels"] = lam * targets + (1 - lam) * targets[order]
+        batch["targets"] = lam * targets + (1 - lam) * targets[order]
         return batch
 
     return collate_mixed

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from graftune.backbones.base import TextPreprocess
+from graftune.preprocessing import TextPreprocess
 
 GROUP = 16  # batches per sorted chunk: larger packs tighter, smaller keeps batch company more random
 

@@ -13,16 +13,16 @@ import torch
 
 from graftune.backbones.base import LayerGroup
 from graftune.freezing import apply_freeze, trainable_groups
+from graftune.grafted import GraftedModel, parameter_summary
 from graftune.optim import build_optimizer, build_schedule, grow_optimizer, parameter_groups
 from graftune.strategies import Stage, eligible_groups, stage_trainable
-from graftune.surgery import FineTuneModel, parameter_summary
 
 
 @dataclass
 class StageSwitch:
     """Applies stages to one model: the only place where a stage becomes requires_grad and rates."""
 
-    model: FineTuneModel
+    model: GraftedModel
     groups: list[LayerGroup]
     stages: list[Stage]
     never: set[str]  # body parameters frozen in every stage (freeze.body)

@@ -76,22 +76,19 @@ class Stage:
         return asdict(self)
 
 
-def describe(name: str) -> str:
-    return DESCRIPTIONS[name]
-
-
 def resolve_name(cfg: Config) -> str:
     """`auto` names what freeze.body already says: linear-probe, full or partial."""
     if cfg.strategy.name != "auto":
         return cfg.strategy.name
-    return {"all": "linear-probe", "none": "full"}.get(str(cfg.freeze.body), "partial")
+    body = cfg.freeze.body
+    return "linear-probe" if body == "all" else "full" if body == "none" else "partial"
 
 
-def plan(cfg: Config, num_groups: int) -> list[Stage]:
-    """The stages of the configured strategy for a body with `num_groups` trainable layer groups."""
-    strategy, optim, epochs = cfg.strategy, cfg.optim, cfg.train.epochs
-    name = resolve_name(cfg)
-    assert optim.lr is not None and optim.head_lr is not None, "resolve learning rates first"
+def plan(settings: Config, num_groups: int) -> list[Stage]:
+    """The stages of the resolved settings' strategy for a body with `num_groups` trainable layer groups."""
+    strategy, optim, epochs = settings.strategy, settings.optim, settings.train.epochs
+    name = strategy.name
+    assert name != "auto" and optim.lr is not None and optim.head_lr is not None, "resolve the settings first"
     base = Stage(name, "all", None, None, optim.lr, optim.head_lr, strategy.lr_decay or 1.0, optim.schedule,
                  optim.warmup_ratio)
     probe_epochs = strategy.probe_epochs or max(1, epochs // 2)
@@ -119,7 +116,7 @@ def plan(cfg: Config, num_groups: int) -> list[Stage]:
         stlr = replace(base, schedule="slanted-triangular", warmup_ratio=SCHEDULE_WARMUP["slanted-triangular"],
                        lr_decay=strategy.lr_decay or ULMFIT_DECAY)
         return _gradual(stlr, num_groups, strategy.unfreeze_every)
-    return _custom(cfg, base)
+    return _custom(settings, base)
 
 
 def _gradual(base: Stage, num_groups: int, every: int) -> list[Stage]:

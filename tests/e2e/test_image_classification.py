@@ -33,10 +33,10 @@ def test_partial_freeze_trains_top_and_keeps_frozen_batchnorm(fashion_folder: Pa
     tuned, original = load_file(str(out / "model" / "model.safetensors")), pretrained_lite0()
     # Stem and the first five blocks are frozen: weights and BatchNorm running statistics unchanged.
     for name in ("_bn0.running_mean", "_blocks.4._bn1.running_var", "_blocks.2._depthwise_conv.weight"):
-        assert torch.equal(tuned[f"body.net.{name}"], original[name]), name
+        assert torch.equal(tuned[f"body.model.{name}"], original[name]), name
     # The top of the body trained.
-    assert not torch.equal(tuned["body.net._conv_head.weight"], original["_conv_head.weight"])
-    assert not torch.equal(tuned["body.net._bn1.running_mean"], original["_bn1.running_mean"])
+    assert not torch.equal(tuned["body.model._conv_head.weight"], original["_conv_head.weight"])
+    assert not torch.equal(tuned["body.model._bn1.running_mean"], original["_bn1.running_mean"])
     image = next((fashion_folder / "test" / "trouser").glob("*.png"))
     code, output = run_cli("predict", out, image, "--json")
     assert code == 0 and json.loads(output.strip().splitlines()[-1])["label"] in results["labels"]

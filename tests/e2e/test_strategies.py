@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 import graftune
 from graftune import loop
-from graftune.predict import predict_inputs
 from tests.e2e.cli import run_cli
 from tests.e2e.test_image_classification import pretrained_lite0
 
@@ -88,8 +87,8 @@ def test_lora_saves_adapter_and_merged_model_with_equal_predictions(bbc_folder: 
     merged = load_file(str(out / "model" / "model.safetensors"))
     assert not any("lora" in key for key in merged)  # plain weights: loads like any other run
     texts = [(f"t{i}", path.read_text()) for i, path in enumerate(sorted(bbc_folder.glob("*/*.txt"))[::9])]
-    by_merged = predict_inputs(graftune.load(out), texts)
-    by_adapter = predict_inputs(graftune.load(out, adapter=True), texts)
+    by_merged = graftune.load(out).predict(texts)
+    by_adapter = graftune.load(out, adapter=True).predict(texts)
     for a, b in zip(by_merged, by_adapter, strict=True):
         assert a["label"] == b["label"]
         assert list(a["probabilities"].values()) == pytest.approx(list(b["probabilities"].values()), abs=1e-5)
@@ -108,12 +107,12 @@ def test_batchnorm_policy_in_gradual_image_run(policy: str, fashion_folder: Path
     assert code == 0, output
     tuned, original = load_file(str(out / "model" / "model.safetensors")), pretrained_lite0()
     # Stages: head, top-1 (tail: _conv_head/_bn1), top-2 (+ block 15). Lower groups never trained.
-    assert torch.equal(tuned["body.net._blocks.3._bn1.running_mean"], original["_blocks.3._bn1.running_mean"])
-    top_stats_moved = not torch.equal(tuned["body.net._bn1.running_var"], original["_bn1.running_var"])
+    assert torch.equal(tuned["body.model._blocks.3._bn1.running_mean"], original["_blocks.3._bn1.running_mean"])
+    top_stats_moved = not torch.equal(tuned["body.model._bn1.running_var"], original["_bn1.running_var"])
     assert top_stats_moved == (policy == "frozen")  # affine-only never updates statistics
-    lower_affine_moved = not torch.equal(tuned["body.net._blocks.3._bn1.weight"], original["_blocks.3._bn1.weight"])
+    lower_affine_moved = not torch.equal(tuned["body.model._blocks.3._bn1.weight"], original["_blocks.3._bn1.weight"])
     assert lower_affine_moved == (policy == "affine-only")  # affine-only trains BatchNorm scale everywhere
-    assert not torch.equal(tuned["body.net._conv_head.weight"], original["_conv_head.weight"])
+    assert not torch.equal(tuned["body.model._conv_head.weight"], original["_conv_head.weight"])
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -1,4 +1,4 @@
-"""The backbone contract every source fulfils, and the generic rule for layer groups.
+"""The backbone contract every source fulfils, the one image-body wrapper, and the generic rule for layer groups.
 
 A backbone is a pre-trained body with its old head removed. It tells graftune:
 - `body(**inputs) -> features`: a (B, C, H, W) feature map, (B, T, D) token states or (B, D) vectors;
@@ -7,7 +7,8 @@ A backbone is a pre-trained body with its old head removed. It tells graftune:
 - `groups`: its parameters in depth order, stem first, so "freeze the first K groups" means the
   same for a CNN, a vision transformer and a text encoder;
 - `preprocess`: what inputs the pre-trained model expects (image size, mean, std; tokenizer);
-- `default_pooling`: the pooling its pre-training used (mean for sentence-transformers, avg for CNNs).
+- `default_pooling`: the pooling its pre-training used (mean for sentence-transformers, avg for CNNs);
+- `surgery` and `build_kwargs`: what rebuilds exactly this architecture from its source, without weights.
 """
 
 from __future__ import annotations
@@ -15,43 +16,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-Modality = Literal["image", "text"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from graftune.preprocessing import ImagePreprocess, Modality, Preprocess
 
 
-@dataclass
-class ImagePreprocess:
-    """How the backbone wants its images: resized to `size`, scaled to [0, 1], then normalised."""
+class ImageBody(nn.Module):
+    """Any image model called the way every body is, `body(pixel_values=...)`.
 
-    size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    crop_pct: float = 0.875
+    `method` names the model's function that computes features (`forward`, timm's `forward_features`,
+    EfficientNet's `extract_features`); `output` names the attribute of its result that holds them
+    (Transformers' `last_hidden_state`).
+    """
 
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "image", "size": self.size, "mean": list(self.mean), "std": list(self.std),
-                "crop_pct": self.crop_pct}
+    def __init__(self, model: nn.Module, method: str = "forward", output: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.output = output
 
-
-@dataclass
-class TextPreprocess:
-    """How the backbone wants its texts: its own tokenizer, truncated to `max_length` tokens."""
-
-    tokenizer: Any
-    max_length: int = 256
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "text", "max_length": self.max_length}
-
-
-Preprocess = ImagePreprocess | TextPreprocess
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        result = getattr(self.model, self.method)(pixel_values)
+        return getattr(result, self.output) if self.output else result
 
 
 @dataclass
@@ -79,6 +68,7 @@ class Backbone:
     # Whatever the source did to the original model (the classifier it removed, the layer it cut
     # at), so a saved run rebuilds exactly the same body.
     surgery: dict[str, Any] = field(default_factory=dict)
+    build_kwargs: dict[str, Any] = field(default_factory=dict)  # a `module:` factory's keyword arguments
     feature_rank: int = 0  # dimensions of the body's output: 4 (maps), 3 (token states) or 2 (vectors)
 
     def probe(self) -> Backbone:
@@ -100,8 +90,6 @@ class Backbone:
         texts = ["a short example", "another one"]
         tokens = self.preprocess.tokenizer([texts[i % 2] for i in range(batch)], return_tensors="pt", padding=True)
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-
-
 
 
 def generic_groups(body: nn.Module) -> list[LayerGroup]:

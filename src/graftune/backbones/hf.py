@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, TextPreprocess, generic_groups
+from graftune.backbones.base import Backbone, ImageBody, generic_groups
 from graftune.errors import UserError
+from graftune.preprocessing import ImagePreprocess, TextPreprocess
 
 
 class HFTextBody(nn.Module):
@@ -24,23 +25,12 @@ class HFTextBody(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
 
-class HFImageBody(nn.Module):
-    """A Transformers vision encoder returning (B, C, H, W) maps or (B, T, D) token states."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).last_hidden_state
-
-
-def load_hf(ref: str, *, pretrained: bool = True, files: Path | None = None, trust_remote_code: bool = False,
+def load_hf(where: str, *, pretrained: bool = True, trust_remote_code: bool = False,
             source: str | None = None) -> Backbone:
-    """Load a Transformers encoder. With `pretrained=False`, build it from `files` (a saved run)."""
+    """Load a Transformers encoder from a folder or hub id; `pretrained=False` builds it from its config
+    alone (a saved run's `body/` files, whose weights come from the run)."""
     from transformers import AutoConfig, AutoModel
 
-    where = str(files) if files is not None else ref
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
         if pretrained:
@@ -48,7 +38,7 @@ def load_hf(ref: str, *, pretrained: bool = True, files: Path | None = None, tru
         else:
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"hf:{ref}: cannot load this model ({str(err).splitlines()[0]}). Give a local folder "
+        raise UserError(f"hf:{where}: cannot load this model ({str(err).splitlines()[0]}). Give a local folder "
                         "with config.json and weights, or a hub id while online.") from None
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # the new head pools the hidden states itself; the old pooler is dead compute
@@ -56,12 +46,13 @@ def load_hf(ref: str, *, pretrained: bool = True, files: Path | None = None, tru
     body: nn.Module
     preprocess: ImagePreprocess | TextPreprocess
     if is_image:
-        body, preprocess = HFImageBody(model), _image_preprocess(where, int(getattr(config, "image_size", 224)))
+        body = ImageBody(model, output="last_hidden_state")
+        preprocess = _image_preprocess(where, int(getattr(config, "image_size", 224)))
     else:
         body, preprocess = HFTextBody(model), _text_preprocess(where, trust_remote_code)
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
                         modality="image" if is_image else "text", default_pooling="cls",
-                        source=source or f"hf:{ref}", save_files=_saver(model, preprocess, where))
+                        source=source or f"hf:{where}", save_files=_saver(model, preprocess, where))
     backbone.default_pooling = _default_pooling(Path(where), backbone.probe())
     return backbone
 
@@ -72,8 +63,9 @@ def _text_preprocess(where: str, trust_remote_code: bool) -> TextPreprocess:
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:  # decoder-only tokenizers: padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
+    # Tokenizers without a known limit report a huge sentinel; 512 is BERT's, the common case.
     limit = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
-    return TextPreprocess(tokenizer=tokenizer, max_length=min(256, limit))
+    return TextPreprocess(tokenizer=tokenizer, max_length=int(limit))
 
 
 def _image_preprocess(where: str, config_size: int) -> ImagePreprocess:
@@ -120,3 +112,8 @@ def _saver(model: nn.Module, preprocess: TextPreprocess | ImagePreprocess, where
                 pass  # no processor: the run keeps size/mean/std in graftune.json anyway
 
     return save
+
+
+def rebuild_hf(ref: str, info: dict[str, Any], folder: Path) -> Backbone:
+    """A saved run's encoder from the config and tokenizer it wrote to `body/`; the run holds the weights."""
+    return load_hf(str(folder / "body"), pretrained=False, source=info["source"])

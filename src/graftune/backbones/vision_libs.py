@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from graftune.backbones.base import Backbone, ImagePreprocess, generic_groups
-from graftune.backbones.module import ImageModuleBody, wrap_image_model
+from graftune.backbones.base import Backbone, ImageBody, generic_groups
+from graftune.backbones.surgery import wrap_image_model
 from graftune.errors import UserError
+from graftune.preprocessing import ImagePreprocess
 
 
 def _import(name: str) -> Any:
@@ -32,7 +33,7 @@ def load_timm(name: str, *, pretrained: bool = True, cut_at: str | None = None) 
     if cut_at:
         return wrap_image_model(model, source=f"timm:{name}", replace=None, cut_at=cut_at, preprocess=preprocess)
     model.reset_classifier(0, "")  # timm's own head removal; keeps unpooled features
-    body = _TimmBody(model)
+    body = ImageBody(model, method="forward_features")
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
                         modality="image", default_pooling="avg", source=f"timm:{name}")
     if backbone.probe().feature_rank == 3:  # a vision transformer's token states
@@ -40,9 +41,8 @@ def load_timm(name: str, *, pretrained: bool = True, cut_at: str | None = None) 
     return backbone
 
 
-class _TimmBody(ImageModuleBody):
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(pixel_values)  # type: ignore[operator]
+def rebuild_timm(name: str, info: dict[str, Any], folder: Path) -> Backbone:
+    return load_timm(name, pretrained=False, cut_at=info.get("surgery", {}).get("cut_at"))
 
 
 def load_torchvision(name: str, *, pretrained: bool = True, replace: str | None = None,
@@ -53,3 +53,8 @@ def load_torchvision(name: str, *, pretrained: bool = True, replace: str | None 
     except (ValueError, KeyError) as err:
         raise UserError(f"torchvision:{name}: unknown model ({err}).") from None
     return wrap_image_model(model, source=f"torchvision:{name}", replace=replace, cut_at=cut_at)
+
+
+def rebuild_torchvision(name: str, info: dict[str, Any], folder: Path) -> Backbone:
+    surgery = info.get("surgery", {})
+    return load_torchvision(name, pretrained=False, replace=surgery.get("replaced"), cut_at=surgery.get("cut_at"))

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from graftune.backbones.base import ImagePreprocess
 from graftune.errors import UserError
+from graftune.preprocessing import ImagePreprocess
 
 
 def open_rgb(path: str) -> Image.Image:

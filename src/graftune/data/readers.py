@@ -10,13 +10,12 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
 from graftune.errors import UserError, closest
+from graftune.preprocessing import Modality
 
-Modality = Literal["image", "text"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -56,7 +55,7 @@ def read_unlabelled(path: str | Path, modality: Modality, input_column: str | No
         suffixes = IMAGE_SUFFIXES if modality == "image" else {".txt"}
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                        and not p.name.startswith("."))
-        inputs = [_read_text(f) if modality == "text" else _checked_image(f) for f in files]
+        inputs = [read_text(f) if modality == "text" else _checked_image(f) for f in files]
     elif modality == "text" and path.suffix.lower() == ".txt":
         inputs = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
@@ -108,12 +107,12 @@ def _read_folder(root: Path, modality: Modality) -> list[Example]:
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                        and not p.name.startswith("."))
         for file in files:
-            content = _read_text(file) if modality == "text" else _checked_image(file)
+            content = read_text(file) if modality == "text" else _checked_image(file)
             examples.append(Example(content, class_dir.name, str(file)))
     return examples
 
 
-def _read_text(file: Path, where: str | None = None) -> str:
+def read_text(file: Path, where: str | None = None) -> str:
     try:
         text = file.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError as err:
@@ -197,3 +196,28 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
             raise UserError(f"{path}:{number}: expected a JSON object per line.")
         rows.append((number, row))
     return rows
+
+
+def read_prediction_inputs(files: list[str], texts: list[str], modality: Modality) -> list[tuple[str, str]]:
+    """(name, input) pairs for `graftune predict`: text files are read, image paths are checked, --text
+    values pass through."""
+    inputs = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"{path}: input file not found.")
+        if modality == "image":
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise UserError(f"{path}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+            inputs.append((name, str(path)))
+        else:
+            inputs.append((name, read_text(path)))
+    if texts and modality == "image":
+        raise UserError("--text is for text models; this run classifies images.")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise UserError(f"--text #{i + 1}: empty text.")
+        inputs.append((f"text {i + 1}", text))
+    if not inputs:
+        raise UserError("nothing to predict: give input files or --text.")
+    return inputs

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from graftune.data.readers import Example
+from graftune.config import DataConfig
+from graftune.data.readers import Example, read_examples, split_folders
 from graftune.errors import UserError
+from graftune.preprocessing import Modality
 
 
 @dataclass
@@ -25,6 +28,38 @@ class Splits:
         """What the run writes to data_splits.json so the split can be checked and reproduced."""
         return {"seed": seed, **{name: {"count": len(part), "items": [e.where for e in part]}
                                  for name, part in (("train", self.train), ("val", self.val), ("test", self.test))}}
+
+
+def read_splits(data: DataConfig, modality: Modality) -> Splits:
+    """Read train (and val/test, when given) and split what is missing, stratified by label; check that
+    every split's labels are known to train."""
+
+    def read(path: str | Path) -> list[Example]:
+        return read_examples(path, modality, data.format, data.input_column, data.label_column)
+
+    folders = split_folders(Path(data.train)) if data.format in ("auto", "folder") else None
+    paths: dict[str, str | Path | None] = {"train": data.train, "val": data.val, "test": data.test}
+    if folders:
+        paths = {"train": folders["train"], "val": data.val or folders.get("val"),
+                 "test": data.test or folders.get("test")}
+    train = read(paths["train"])  # type: ignore[arg-type]
+    val = read(paths["val"]) if paths["val"] else None
+    test = read(paths["test"]) if paths["test"] else None
+    seed, val_frac, test_frac = data.split.seed, data.split.val, data.split.test
+    if val is None and test is None:
+        splits = stratified_split(train, val_frac, test_frac, seed)
+    elif val is None:
+        part = stratified_split(train, val_frac, 0.0, seed)
+        splits = Splits(part.train, part.val, test or [])
+    elif test is None:
+        part = stratified_split(train, 0.0, test_frac, seed)
+        splits = Splits(part.train, val, part.test)
+    else:
+        splits = Splits(train, val, test)
+    if not splits.val:
+        raise UserError("data: no validation examples. Give data.val or set data.split.val above 0.")
+    check_labels(splits, {k: str(v) for k, v in paths.items() if v})
+    return splits
 
 
 def stratified_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:

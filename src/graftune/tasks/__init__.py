@@ -1,40 +1,44 @@
-"""Tasks: what a task reads, how its batches are made. One small module per task, registered by name."""
+"""Tasks: one module per kind of problem, registered by name (the contract is in tasks/base.py).
+
+Built-in tasks are named here with the module and class that define them, so the names are known
+(config validation, `--help`) without importing torch. A task defined elsewhere is added with
+`register(MyTask)`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING
 
-import torch
+from graftune.errors import UserError, closest
 
-from graftune.backbones.base import Modality, Preprocess
-from graftune.errors import UserError
-from graftune.tasks import image_classification, text_classification
+if TYPE_CHECKING:
+    from graftune.tasks.base import Task
 
-Batch = dict[str, Any]  # {"inputs": {name: tensor}, "labels": tensor}
-Collate = Callable[[list[tuple[str, int]]], Batch]
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    modality: Modality
-    # (preprocess, augment) -> collate function turning [(input, label index)] into a batch
-    make_collate: Callable[[Preprocess, bool], Collate]
-
-
-TASKS: dict[str, Task] = {
-    "image-classification": Task("image-classification", "image", image_classification.make_collate),
-    "text-classification": Task("text-classification", "text", text_classification.make_collate),
+BUILTIN = {
+    "image-classification": "graftune.tasks.image_classification:ImageClassification",
+    "text-classification": "graftune.tasks.text_classification:TextClassification",
 }
+_REGISTERED: dict[str, type[Task]] = {}
 
 
-def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise UserError(f"unknown task '{name}'. Tasks: {', '.join(TASKS)}.")
-    return TASKS[name]
+def register(task: type[Task]) -> type[Task]:
+    """Make `task` available by its `name` in configs and on the command line; usable as a decorator."""
+    _REGISTERED[task.name] = task
+    return task
 
 
-def labels_tensor(items: list[tuple[str, int]]) -> torch.Tensor:
-    return torch.tensor([label for _, label in items], dtype=torch.long)
+def task_names() -> list[str]:
+    return sorted({*BUILTIN, *_REGISTERED})
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class registered as `name`."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in BUILTIN:
+        raise UserError(f"task: unknown task '{name}'.{closest(name, task_names())} "
+                        f"Tasks: {', '.join(task_names())}.")
+    module, _, cls = BUILTIN[name].partition(":")
+    task: type[Task] = getattr(importlib.import_module(module), cls)
+    return task

@@ -1,27 +1,28 @@
-"""Safe loading of weights files: safetensors, or torch.load(weights_only=True). Never pickle code."""
+"""Weights on disk, read and written safely: safetensors, or torch.load(weights_only=True). Never pickled code.
+
+Used by every place that touches weights: a user's weights file for a `module:` source, checkpoints,
+the best model and the saved model folder.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from graftune.errors import UserError
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors or a torch file, unwrapping {"state_dict": ...} checkpoints."""
+    """Read a user's state dict from .safetensors or a torch file, unwrapping {"state_dict": ...} checkpoints."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: weights file not found.")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: object = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state: object = load_file(str(path)) if path.suffix == ".safetensors" else \
+            torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any decoding failure is the file's fault, not graftune's
         raise UserError(f"{path}: cannot read weights ({str(err).splitlines()[0][:200]}). Save them with "
                         "safetensors or torch.save(model.state_dict(), path).") from None
@@ -48,3 +49,22 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> N
         raise UserError(f"{where}: weights do not match the model. Missing keys: {missing}"
                         f"{' ...' if len(result.missing_keys) > 5 else ''}; unexpected keys: {unexpected}"
                         f"{' ...' if len(result.unexpected_keys) > 5 else ''}.")
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Write a state dict as safetensors, atomically; tensors that share memory are written as copies."""
+    seen: set[int] = set()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        pointer = tensor.data_ptr()
+        state[name] = tensor.detach().clone().contiguous() if pointer in seen else tensor.detach().contiguous()
+        seen.add(pointer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a file graftune wrote (checkpoint, best model, model folder) into the same architecture."""
+    model.load_state_dict(load_file(str(path)), strict=True)

@@ -1,0 +1,85 @@
+"""The run's settings, resolved once: every `auto` and unset default of the user's config decided, after
+the backbone loads, into a new immutable `Config`. That is what RUN/config.yaml holds and what every
+later module reads; none of them works a default out again.
+
+Example:
+    >>> settings = resolve_settings(cfg, backbone, TextClassification)
+    >>> settings.strategy.name, settings.optim.lr, settings.head.pooling
+    ('full', 5e-05, 'mean')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from graftune.backbones import Backbone, load_backbone
+from graftune.config import Config
+from graftune.errors import UserError
+from graftune.hardware import resolve_precision, resolve_workers
+from graftune.preprocessing import ImagePreprocess, Preprocess
+from graftune.regularize import check as check_regularization
+from graftune.strategies import resolve_name
+from graftune.tasks.base import Task
+
+# Body rates of strategies that train something other than a body from its pre-trained point.
+STRATEGY_LR = {"linear-probe": 1e-2, "bitfit": 1e-3, "lora": 5e-4}
+BODY_LR = {"text": 5e-5, "image": 3e-4}  # a body that trains, by modality
+
+
+def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Config:
+    """The user's `cfg` with every default decided for this backbone and task (see the module docstring).
+
+    Rates: a head on a frozen body gets 1e-2 (a linear probe is a convex problem that tolerates, and
+    needs, large steps); a body that trains gets 5e-5 (text) or 3e-4 (images) and its head 20x that,
+    capped at 1e-3. Adapters and biases (lora, bitfit) learn from scratch-like starting points and take
+    larger rates: 5e-4 and 1e-3.
+    """
+    name = resolve_name(cfg)
+    _check_strategy(cfg, name)
+    check_regularization(cfg, name, backbone.modality)
+    lr = cfg.optim.lr or STRATEGY_LR.get(name) or BODY_LR[backbone.modality]
+    head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))
+    values = {
+        "strategy.name": name, "optim.lr": lr, "optim.head_lr": head_lr,
+        "train.mixed_precision": resolve_precision(cfg.train.mixed_precision),
+        "train.num_workers": resolve_workers(cfg.train.num_workers, backbone.modality),
+        "train.early_stopping.metric": _metric(cfg, task),
+    }
+    if isinstance(backbone.preprocess, ImagePreprocess):
+        values["data.image_size"] = backbone.preprocess.size
+    else:
+        values["data.max_length"] = min(cfg.data.max_length, backbone.preprocess.max_length)
+    return task.resolve(cfg.updated(values), backbone)
+
+
+def load_configured_backbone(cfg: Config) -> Backbone:
+    """The pre-trained backbone `model.source` names, loaded with the config's model and head options."""
+    return load_backbone(cfg.model.source, weights=cfg.model.weights, kwargs=cfg.model.kwargs,
+                         replace=cfg.head.replace, cut_at=cfg.head.cut_at, image_size=cfg.data.image_size,
+                         trust_remote_code=cfg.model.trust_remote_code)
+
+
+def run_preprocess(backbone: Backbone, settings: Config) -> Preprocess:
+    """The backbone's input preparation with the run's resolved image size or token limit."""
+    if isinstance(backbone.preprocess, ImagePreprocess):
+        assert settings.data.image_size is not None, "resolve the settings first"
+        return dataclasses.replace(backbone.preprocess, size=settings.data.image_size)
+    return dataclasses.replace(backbone.preprocess, max_length=settings.data.max_length)
+
+
+def _check_strategy(cfg: Config, name: str) -> None:
+    body = cfg.freeze.body
+    if body == "all" and name != "linear-probe":
+        raise UserError(f"strategy {name} trains the body, but freeze.body=all keeps all of it frozen. "
+                        "Use strategy linear-probe, or freeze fewer layers.")
+    if name == "partial" and body == "none":
+        raise UserError("strategy partial needs freeze.body: the number K of layer groups to keep frozen "
+                        "(or name patterns), for example --freeze 4.")
+
+
+def _metric(cfg: Config, task: type[Task]) -> str:
+    metric = cfg.train.early_stopping.metric or task.default_metric
+    if metric not in task.metrics:
+        raise UserError(f"train.early_stopping.metric: '{metric}' is not a metric of task {task.name}. "
+                        f"Choose one of {', '.join(task.metrics)}.")
+    return metric

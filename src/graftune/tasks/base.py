@@ -1,0 +1,159 @@
+"""The task contract: what a kind of problem supplies to the one run path, and what nothing else knows.
+
+The run path (graftune/run.py) calls a task in this order:
+
+    TaskClass.read_data(cfg.data)          -> TaskData: examples split into train/val/test, and the
+                                              schema (what the model predicts: a classifier's labels)
+    TaskClass.resolve(cfg, backbone)       -> the task's own defaults filled in (a classifier's pooling)
+    task = TaskClass(settings, schema)        bound to one run; everything below reads its settings
+    task.build_model(backbone)             -> the GraftedModel to train (body, neck, new head)
+    task.items(examples)                   -> what batches are made of: (input, target) pairs
+    task.collate(preprocess) / .training_collate(preprocess)
+                                           -> items to {"inputs": {...}, "targets": ...}
+    task.step(model, batch, train)         -> the loss with the per-example outputs metrics need
+    task.validation_metrics(evaluation)    -> each epoch's val_* numbers, the keys of `metrics`
+    task.test_results(evaluation)          -> the "test" section of results.json; task.plots, task.summary
+    task.read_labelled / read_inputs / predict / format_prediction
+                                           -> `graftune evaluate` and `graftune predict`
+
+A task's schema is plain JSON: it is saved in the model folder and hands a loaded model back to the
+same task. Adding a task: see docs/DESIGN.md, "Adding a task".
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from torch import nn
+from torch.utils.data import default_collate
+
+from graftune.backbones.base import Backbone
+from graftune.config import Config, DataConfig
+from graftune.data.inputs import input_encoder
+from graftune.data.readers import Example, read_prediction_inputs
+from graftune.data.splits import Splits
+from graftune.grafted import GraftedModel
+from graftune.loop import Batch, Evaluation, Step
+from graftune.preprocessing import Modality, Preprocess
+
+Item = tuple[str, Any]  # (input: a text or a file path, target: what the loss compares with)
+Collate = Callable[[list[Item]], Batch]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's data for one run: the split examples and the schema the model is built for."""
+
+    splits: Splits
+    schema: dict[str, Any]
+
+
+class Task(ABC):
+    """One kind of problem (see the module docstring for the order of calls)."""
+
+    name: ClassVar[str]
+    modality: ClassVar[Modality]
+    # Validation metrics the task reports every epoch, and whether higher ("max") or lower is better;
+    # train.early_stopping.metric must be one of them.
+    metrics: ClassVar[dict[str, Literal["max", "min"]]]
+    default_metric: ClassVar[str]
+
+    def __init__(self, settings: Config, schema: dict[str, Any]) -> None:
+        self.settings = settings
+        self.schema = schema
+
+    # --- before the model exists -----------------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def read_data(cls, data: DataConfig) -> TaskData:
+        """Read, check and split the data; say what the model will predict."""
+
+    @classmethod
+    def resolve(cls, cfg: Config, backbone: Backbone) -> Config:
+        """Fill in this task's own `auto` settings for `backbone`; refuse combinations that cannot work."""
+        return cfg
+
+    # --- training -------------------------------------------------------------------------------------
+
+    def describe_schema(self) -> str:
+        """A few words on what the model predicts, for the line that opens a run."""
+        return ""
+
+    @abstractmethod
+    def build_model(self, backbone: Backbone) -> GraftedModel:
+        """The trainable model: the backbone's body with this task's new head."""
+
+    @abstractmethod
+    def items(self, examples: list[Example]) -> list[Item]:
+        """Examples as (input, target) pairs; targets are what `collate` stacks (`default_collate`)."""
+
+    @property
+    def augment(self) -> bool:
+        """Whether training inputs are random views (image crops and flips), new every epoch."""
+        return self.settings.data.augment and self.modality == "image"
+
+    @property
+    def mixes_inputs(self) -> bool:
+        """Whether training batches blend examples' inputs (mixup), so no cache can stand in for the body."""
+        return False
+
+    def collate(self, preprocess: Preprocess, augment: bool = False) -> Collate:
+        """Items to a batch: inputs as the body takes them, targets stacked."""
+        encode = input_encoder(preprocess, augment)
+
+        def collate(items: list[Item]) -> Batch:
+            return {"inputs": encode([x for x, _ in items]), "targets": default_collate([t for _, t in items])}
+
+        return collate
+
+    def training_collate(self, preprocess: Preprocess) -> Collate:
+        """The collate of training batches: augmented when the task augments."""
+        return self.collate(preprocess, self.augment)
+
+    @abstractmethod
+    def step(self, model: nn.Module, batch: Batch, train: bool) -> Step:
+        """The loss of a batch (the training loss with `train`), and the outputs metrics need when not."""
+
+    @abstractmethod
+    def validation_metrics(self, evaluation: Evaluation) -> dict[str, float]:
+        """This epoch's validation numbers: every key of `metrics`."""
+
+    # --- after training -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def test_results(self, evaluation: Evaluation) -> dict[str, Any]:
+        """The test section of results.json (also what `graftune evaluate` returns)."""
+
+    def plots(self, results: dict[str, Any], folder: Path) -> None:
+        """Task-specific plots of the test results, written into `folder`; none by default."""
+        return None
+
+    @abstractmethod
+    def summary(self, results: dict[str, Any]) -> str:
+        """One line on the test results."""
+
+    def details(self, results: dict[str, Any]) -> list[str]:
+        """More lines for `graftune evaluate`."""
+        return []
+
+    @abstractmethod
+    def read_labelled(self, path: str | Path, input_column: str | None, label_column: str) -> list[Example]:
+        """New labelled data for `graftune evaluate`, checked against the schema."""
+
+    def read_inputs(self, files: list[str], texts: list[str]) -> list[tuple[str, str]]:
+        """(name, input) pairs for `graftune predict`."""
+        return read_prediction_inputs(files, texts, self.modality)
+
+    @abstractmethod
+    def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
+                batch_size: int = 32) -> list[dict[str, Any]]:
+        """One JSON-able result per (name, input)."""
+
+    @abstractmethod
+    def format_prediction(self, result: dict[str, Any]) -> str:
+        """One line of `graftune predict` output."""
