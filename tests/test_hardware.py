@@ -3,6 +3,7 @@ where a GPU computes while the CPU decodes images."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import helpers
@@ -52,11 +53,18 @@ def test_loader_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_runs_in_one_process_may_use_different_precisions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run computes in its own precision: bf16 changes the numbers, and fp32 after it gives exactly
+    the numbers of fp32 before it (the precision of the previous run does not linger)."""
     monkeypatch.syspath_prepend(str(helpers.TESTS_DIR))
     data = helpers.write_colour_folders(tmp_path / "colours")
-    for precision in ("no", "bf16", "no"):
+    losses = []
+    for i, precision in enumerate(("no", "bf16", "no")):
         config = {"task": "image-classification", "model": {"source": "module:helpers:tiny_cnn"},
-                  "data": {"train": str(data), "image_size": 16}, "freeze": {"body": 2},
+                  "data": {"train": str(data), "image_size": 16, "augment": False}, "freeze": {"body": 2},
                   "train": {"epochs": 1, "batch_size": 8, "progress": False, "mixed_precision": precision}}
-        run = graftune.train(config, out=tmp_path / precision, overwrite=True, console=Console(quiet=True))
+        run = graftune.train(config, out=tmp_path / str(i), console=Console(quiet=True))
         assert yaml.safe_load((run.dir / "config.yaml").read_text())["train"]["mixed_precision"] == precision
+        row = json.loads((run.dir / "metrics.jsonl").read_text().splitlines()[0])
+        losses.append((row["train_loss"], row["val_loss"]))
+    assert losses[0] == losses[2]
+    assert losses[1] != losses[0] and losses[1] == pytest.approx(losses[0], rel=0.05)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -36,12 +36,9 @@ class FitState:
     stopped_early: bool = False
     stage: int = 0
     stage_start: int = 1  # first epoch of the current stage
-    history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "best_epoch": self.best_epoch, "best_score": self.best_score,
-                "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "stage": self.stage,
-                "stage_start": self.stage_start}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

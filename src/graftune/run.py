@@ -123,7 +123,7 @@ class Run:
         backbone = load_configured_backbone(cfg)
         if backbone.modality != self.task_type.modality:
             raise UserError(f"model.source: '{cfg.model.source}' is a {backbone.modality} model, but the task "
-                            f"'{cfg.task}' needs a {self.task_type.modality} model.")
+                            f"'{cfg.task}' reads {self.task_type.modality}s. Choose a {self.task_type.modality} model.")
         self.settings = resolve_settings(cfg, backbone, self.task_type)
         if self.settings.strategy.name == "lora":
             backbone = add_lora(backbone, self.settings.strategy.lora)

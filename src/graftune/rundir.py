@@ -28,7 +28,6 @@ class RunDir:
     config = property(lambda self: self.path / "config.yaml")
     splits = property(lambda self: self.path / "data_splits.json")
     model = property(lambda self: self.path / "model")
-    checkpoints = property(lambda self: self.path / "checkpoints")
     last = property(lambda self: self.path / "checkpoints" / "last")
     best = property(lambda self: self.path / "checkpoints" / "best")
     metrics = property(lambda self: self.path / "metrics.jsonl")

@@ -1,0 +1,99 @@
+"""A saved model folder rebuilds the model the run trained: evaluate reproduces the run's test metrics,
+predict gives the task's answer for new inputs, and what is not a model folder is refused clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers
+import pytest
+from rich.console import Console
+
+import graftune
+from graftune.artifacts import load_model
+from graftune.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    helpers.go_offline(monkeypatch)
+    monkeypatch.syspath_prepend(str(helpers.TESTS_DIR))
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny CNN run with an explicit test folder: (run, test folder)."""
+    train = helpers.write_colour_folders(tmp_path / "train", per_class=8, seed=0)
+    test = helpers.write_colour_folders(tmp_path / "test", per_class=4, seed=1)
+    model = {"source": "module:helpers:tiny_cnn", "kwargs": {"num_classes": 5}}
+    config = {"task": "image-classification", "model": model,
+              "data": {"train": str(train), "test": str(test), "image_size": 16, "augment": False},
+              "freeze": {"body": 1}, "train": {"epochs": 2, "batch_size": 8, "progress": False}}
+    graftune.train(config, out=tmp_path / "run", console=Console(quiet=True))
+    return tmp_path / "run", test
+
+
+def test_evaluate_reproduces_the_test_metrics_of_the_run(trained: tuple[Path, Path]) -> None:
+    run, test = trained
+    recorded = json.loads((run / "results.json").read_text())["test"]
+    again = graftune.evaluate(run, test)
+    assert again["confusion_matrix"] == recorded["confusion_matrix"]
+    assert again["accuracy"] == recorded["accuracy"] and again["loss"] == pytest.approx(recorded["loss"], abs=1e-6)
+
+
+def test_the_model_folder_records_task_schema_settings_and_build(trained: tuple[Path, Path]) -> None:
+    run, _ = trained
+    info = json.loads((run / "model" / "graftune.json").read_text())
+    assert info["task"] == "image-classification" and info["schema"] == {"labels": ["blue", "green", "red"]}
+    assert info["settings"]["strategy"]["name"] == "partial" and info["settings"]["head"]["pooling"] == "avg"
+    assert info["build_kwargs"] == {"num_classes": 5} and info["surgery"] == {"replaced": "fc"}
+    assert info["preprocess"]["size"] == 16
+
+
+def test_predict_gives_labels_with_probabilities(trained: tuple[Path, Path]) -> None:
+    run, test = trained
+    files = sorted(str(p) for p in test.glob("*/*.png"))
+    results = graftune.predict(run, files=files)
+    assert [r["input"] for r in results] == files
+    for result in results:
+        probabilities = result["probabilities"]
+        assert set(probabilities) == {"blue", "green", "red"} and sum(probabilities.values()) == pytest.approx(1)
+        assert result["label"] == max(probabilities, key=probabilities.__getitem__)
+    fine_tuned = load_model(run)
+    evaluation = fine_tuned.evaluate(fine_tuned.task.read_labelled(test, None, "label"))
+    right = sum(r["label"] == Path(r["input"]).parent.name for r in results)
+    assert right / len(results) == evaluation["accuracy"]  # predict and evaluate agree
+
+
+@pytest.mark.parametrize(("files", "texts", "message"), [
+    (["missing.png"], [], "input file not found"),
+    ([], ["a text"], "--text is for text models"),
+    ([], [], "nothing to predict"),
+])
+def test_bad_prediction_inputs(trained: tuple[Path, Path], files: list[str], texts: list[str], message: str) -> None:
+    run, _ = trained
+    with pytest.raises(UserError, match=message):
+        graftune.predict(run, files=files, texts=texts)
+
+
+def test_a_file_that_is_no_image(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(UserError, match="not an image file"):
+        graftune.predict(trained[0], files=[str(notes)])
+
+
+def test_evaluate_refuses_labels_the_model_never_saw(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    other = helpers.write_png(tmp_path / "other" / "purple" / "1.png")
+    with pytest.raises(UserError, match="labels purple were not in the training data"):
+        graftune.evaluate(trained[0], other.parent.parent)
+
+
+def test_model_folders_of_another_format_are_refused(trained: tuple[Path, Path]) -> None:
+    run, _ = trained
+    info_path = run / "model" / "graftune.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "format": 1}))
+    with pytest.raises(UserError, match="model format 1"):
+        graftune.load(run)
