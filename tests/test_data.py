@@ -15,7 +15,7 @@ from PIL import Image
 from graftune.data.images import center_crop, image_tensor, open_rgb, random_resized_crop, to_tensor
 from graftune.data.readers import Example, read_examples, split_folders
 from graftune.data.splits import Splits, check_labels, stratified_split
-from graftune.errors import UserError
+from graftune.errors import DataWarning, UserError
 from graftune.preprocessing import ImagePreprocess
 
 
@@ -40,7 +40,8 @@ def test_text_class_folders(tmp_path: Path) -> None:
     helpers.write_text(tmp_path / "tech" / "notes.md", "not an example")
     helpers.write_text(tmp_path / "tech" / ".hidden.txt", "not an example either")
     helpers.write_text(tmp_path / ".cache" / "x.txt", "ignored folder")
-    examples = read_examples(tmp_path, "text")
+    with pytest.warns(DataWarning, match=r"tech: ignored 1 \.md file"):
+        examples = read_examples(tmp_path, "text")
     assert [(e.label, e.input) for e in examples] == [
         ("sport", "The striker scored twice."), ("sport", "A late winner at Wembley."),
         ("tech", "Chips got faster again.\n")]
@@ -53,7 +54,8 @@ def test_image_class_folders(tmp_path: Path) -> None:
     (tmp_path / "dog").mkdir()
     Image.new("L", (8, 8), 128).save(tmp_path / "dog" / "3.jpg")
     helpers.write_text(tmp_path / "dog" / "readme.txt", "not an image")
-    examples = read_examples(tmp_path, "image")
+    with pytest.warns(DataWarning, match=r"dog: ignored 1 \.txt file"):
+        examples = read_examples(tmp_path, "image")
     assert [(Path(e.input).name, e.label) for e in examples] == [("1.png", "cat"), ("2.PNG", "cat"), ("3.jpg", "dog")]
     assert all(e.input == e.where for e in examples)
 
@@ -293,3 +295,57 @@ def test_image_tensor_reads_files(tmp_path: Path) -> None:
     corrupt.write_bytes(b"nope")
     with pytest.raises(UserError, match="cannot decode image"):
         open_rgb(str(corrupt))
+
+
+# --- inputs read faithfully or refused ----------------------------------------------------------------------
+
+
+def test_sixteen_bit_float_and_palette_images_keep_their_range(tmp_path: Path) -> None:
+    ramp = np.arange(64, dtype=np.float64).reshape(8, 8) / 63  # 0 .. 1
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float.tiff")
+    palette = Image.fromarray((ramp * 255).astype(np.uint8)).convert("P")
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png")
+    expected = np.round(ramp * 255)
+    for name in ("deep.png", "float.tiff", "palette.png"):
+        grey = np.asarray(open_rgb(str(tmp_path / name)), dtype=np.float64)[..., 0]
+        assert np.abs(grey - expected).max() <= 1, name  # PIL's own convert("RGB") saturates or truncates these
+
+
+def test_a_class_folder_without_usable_files_is_an_error(tmp_path: Path) -> None:
+    helpers.write_png(tmp_path / "cat" / "1.png")
+    helpers.write_text(tmp_path / "dog" / "1.heic", "not decodable here")
+    helpers.write_text(tmp_path / "dog" / "2.heic", "not decodable here")
+    message = user_error(tmp_path, "image")
+    assert str(tmp_path / "dog") in message and "2 .heic" in message and "class 'dog' has no image files" in message
+
+
+def test_another_text_encoding_is_read_when_named(tmp_path: Path) -> None:
+    helpers.write_text(tmp_path / "a" / "ok.txt", "fine")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    assert read_examples(tmp_path, "text", encoding="latin-1")[1].input == "café crème"
+    table = tmp_path / "rows.csv"
+    table.write_bytes("text,label\ncaf\xe9,x\n".encode("latin-1"))
+    with pytest.raises(UserError, match=rf"{table}: not UTF-8 text \(byte 14\).*data\.encoding"):
+        read_examples(table, "text")
+    assert read_examples(table, "text", encoding="latin-1")[0].input == "café"
+
+
+def test_a_format_that_does_not_match_the_path(tmp_path: Path) -> None:
+    helpers.write_text(tmp_path / "a" / "x.txt", "fine")
+    table = helpers.write_text(tmp_path / "rows.csv", "text,label\nhi,a\n")
+    with pytest.raises(UserError, match=r"data\.format is 'csv', but this is a folder"):
+        read_examples(tmp_path, "text", fmt="csv")
+    with pytest.raises(UserError, match=r"data\.format is 'folder', but this is a file"):
+        read_examples(table, "text", fmt="folder")
+
+
+def test_a_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = helpers.write_png(tmp_path / "cat" / "huge.png", size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4,096 pixels: over twice the limit, as a bomb is
+    with pytest.raises(UserError, match=f"{image}: huge.png is too large to decode safely"):
+        read_examples(tmp_path, "image")
+    with pytest.raises(UserError, match=f"{image}: .*Resize the image"):
+        open_rgb(str(image))

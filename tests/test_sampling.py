@@ -6,6 +6,8 @@ import itertools
 import random
 from pathlib import Path
 
+import pytest
+
 from graftune.sampling import GROUP, ShuffledBatches, sorted_batches, token_lengths
 
 
@@ -88,3 +90,15 @@ def test_token_lengths_count_tokens_after_truncation(tmp_path: Path) -> None:
     assert sizes[0] == 4  # [CLS] short text [SEP]
     assert sizes[1] == 8
     assert token_lengths([], preprocess) == []
+
+
+@pytest.mark.parametrize(("size", "batch", "grouped"), [(9, 4, False), (33, 2, True), (65, 4, True), (17, 16, False)])
+def test_no_training_batch_holds_a_single_example(size: int, batch: int, grouped: bool) -> None:
+    lengths = [i % 7 for i in range(size)] if grouped else None
+    batches = ShuffledBatches(batch, seed=1, size=size, lengths=lengths)
+    for epoch in range(3):
+        batches.set_epoch(epoch)
+        drawn = list(batches)
+        assert min(len(b) for b in drawn) > 1 and len(drawn) == len(batches)
+        assert sorted(i for b in drawn for i in b) == list(range(size))  # nobody dropped
+    assert [len(b) for b in ShuffledBatches(1, seed=0, size=3)] == [1, 1, 1]  # asked for one per batch

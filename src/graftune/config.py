@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import copy
 import re
 from pathlib import Path
@@ -53,12 +54,23 @@ class DataConfig(Section):
     format: Literal["auto", "folder", "csv", "jsonl"] = "auto"
     input_column: str | None = Field(None, description="column with the text or image path (auto: text/image/path)")
     label_column: str = "label"
+    encoding: str = Field("utf-8", description="text encoding of .txt, CSV and JSONL files (latin-1, cp1252, ...)")
     split: SplitConfig = SplitConfig()
     max_length: int = Field(256, gt=0, description="token limit for text backbones")
     image_size: int | None = Field(None, gt=0, description="input size; default: the backbone's own")
     augment: bool = Field(True, description="random resized crop + horizontal flip on training images")
     group_by_length: bool = Field(True, description="text: training batches of similar lengths (shuffled "
                                                     "buckets), so little compute goes to padding")
+
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding '{value}' (for example utf-8, latin-1, cp1252)") from None
+        return value
 
 
 class HeadConfig(Section):

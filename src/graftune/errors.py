@@ -17,6 +17,13 @@ class UserError(Exception):
     """
 
 
+class DataWarning(UserWarning):
+    """Something in the user's data was skipped or changed on the way in; the run goes on.
+
+    The CLI prints these as one `warning:` line each; Python users get them through `warnings`.
+    """
+
+
 def closest(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the nearest choice, or '' when nothing is close."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

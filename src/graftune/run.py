@@ -189,7 +189,8 @@ class Run:
     def _retain_fisher(self) -> dict[str, torch.Tensor]:
         reg = self.settings.regularize
         assert reg.retain is not None
-        inputs = read_unlabelled(reg.retain, self.task.modality)[:reg.retain_examples]
+        inputs = read_unlabelled(reg.retain, self.task.modality, encoding=self.settings.data.encoding)
+        inputs = inputs[:reg.retain_examples]
         loader: DataLoader[Any] = DataLoader(inputs, batch_size=8,  # type: ignore[arg-type]
                                              collate_fn=input_encoder(self.preprocess))
         return fisher_diagonal(self.model, loader, seed=self.settings.train.seed)

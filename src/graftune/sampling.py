@@ -7,7 +7,9 @@ Texts are padded to the longest one in their batch, so a batch that mixes a 60-t
 chunks of `GROUP` batches, each chunk is sorted by length and cut into batches, and the order of all
 batches is shuffled. Every epoch still sees every example once, in new company and a new order.
 
-Everything is a function of (seed, epoch), so a resumed run draws the same batches.
+Everything is a function of (seed, epoch), so a resumed run draws the same batches. A training batch
+never holds a single example (BatchNorm cannot train on one): a last batch of one joins the batch
+before it.
 
 Example:
     >>> batches = ShuffledBatches(16, seed=0, lengths=token_lengths(texts, preprocess))
@@ -49,20 +51,21 @@ class ShuffledBatches(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is None:
-            yield from _cut(order, self.batch_size)
+            yield from _join_single(_cut(order, self.batch_size), self.batch_size)
             return
         lengths = self.lengths
-        batches = [batch for chunk in _cut(order, self.batch_size * GROUP)
-                   for batch in _cut(sorted(chunk, key=lambda i: -lengths[i]), self.batch_size)]
+        batches = _join_single([batch for chunk in _cut(order, self.batch_size * GROUP)
+                                for batch in _cut(sorted(chunk, key=lambda i: -lengths[i]), self.batch_size)],
+                               self.batch_size)
         for i in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[i]
 
     def __len__(self) -> int:
-        if self.lengths is None:
-            return -(-self.size // self.batch_size)
-        chunk = self.batch_size * GROUP
-        full, rest = divmod(self.size, chunk)
-        return full * GROUP + -(-rest // self.batch_size)
+        # Chunks hold a whole number of batches, so grouping changes which examples share a batch, not how
+        # many batches there are.
+        batches = -(-self.size // self.batch_size)
+        single = self.batch_size > 1 and batches > 1 and self.size % self.batch_size == 1
+        return batches - 1 if single else batches
 
 
 class FixedBatches(list[list[int]]):
@@ -92,3 +95,12 @@ def token_lengths(texts: Sequence[str], preprocess: TextPreprocess) -> list[int]
 
 def _cut(indices: list[int], size: int) -> list[list[int]]:
     return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def _join_single(batches: list[list[int]], size: int) -> list[list[int]]:
+    """The batches, with a last batch of one example joined to the one before it (unless every batch is
+    meant to hold one)."""
+    if size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] = batches[-1] + last
+    return batches

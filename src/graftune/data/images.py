@@ -18,11 +18,37 @@ from graftune.preprocessing import ImagePreprocess
 
 
 def open_rgb(path: str) -> Image.Image:
+    """Read an image file as 8-bit RGB, whatever its mode (see `to_rgb`)."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as err:
+            return to_rgb(image)
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{path}: {err} Resize the image, or remove it.") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise UserError(f"{path}: cannot decode image ({err}). Remove or replace the file.") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB with the image's full range kept: PIL's own conversion clips 16-bit and 32-bit integer
+    greys at 255 (nearly all white) and truncates float greys in [0, 1] to 0 or 1 (nearly all black).
+
+    16-bit greys are scaled by 255/65535; 32-bit integers likewise when they fit 16 bits, else by their
+    maximum; float greys by 255 when they lie in [0, 1], as they are when 255 is their maximum, else by
+    their maximum. Palettes with transparency go through RGBA, as PIL asks.
+    """
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        if mode == "F":
+            full = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else peak
+        else:
+            full = 65535.0 if mode.startswith("I;16") or peak <= 65535 else peak
+        grey = np.clip(np.round(values / max(full, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        return image.convert("RGBA").convert("RGB")
+    return image.convert("RGB")
 
 
 def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float] = (0.35, 1.0),

@@ -1,22 +1,27 @@
 """Readers for labelled examples: class folders (images or .txt texts) and CSV/JSONL tables.
 
 Every example remembers where it came from (`file` or `file:line`), so errors and the recorded split
-can point at it.
+can point at it. Inputs are read faithfully or refused: text in the configured encoding (`data.encoding`,
+UTF-8 by default) or an error naming the file and byte; every image opened; files a class folder holds
+in another format are reported, and a class left with nothing is an error.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from graftune.errors import UserError, closest
+from graftune.errors import DataWarning, UserError, closest
 from graftune.preprocessing import Modality
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TEXT_SUFFIXES = {".txt"}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -30,47 +35,35 @@ class Example:
 
 
 def read_examples(path: str | Path, modality: Modality, fmt: str = "auto", input_column: str | None = None,
-                  label_column: str = "label") -> list[Example]:
+                  label_column: str = "label", encoding: str = "utf-8") -> list[Example]:
     """Read every labelled example under `path` (a class-folder root, a .csv or a .jsonl file)."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: data not found.")
-    fmt = _detect_format(path) if fmt == "auto" else fmt
+    fmt = _checked_format(path, fmt)
     if fmt == "folder":
-        examples = _read_folder(path, modality)
+        examples = _read_folder(path, modality, encoding)
     else:
-        examples = _read_table(path, fmt, modality, input_column, label_column)
+        examples = _read_table(path, fmt, modality, input_column, label_column, encoding)
     if not examples:
         raise UserError(f"{path}: no examples found. Expected class folders (ROOT/LABEL/file) or a CSV/JSONL file.")
     return examples
 
 
-def read_unlabelled(path: str | Path, modality: Modality, input_column: str | None = None) -> list[str]:
+def read_unlabelled(path: str | Path, modality: Modality, input_column: str | None = None,
+                    encoding: str = "utf-8") -> list[str]:
     """Inputs without labels (EWC's retained data): every image or .txt file under a folder, the lines
     of a .txt file (text), or the input column of a CSV/JSONL file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: data not found.")
     if path.is_dir():
-        suffixes = IMAGE_SUFFIXES if modality == "image" else {".txt"}
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _suffixes(modality)
                        and not p.name.startswith("."))
-        inputs = [read_text(f) if modality == "text" else _checked_image(f) for f in files]
+        inputs = [read_text(f, encoding=encoding) if modality == "text" else _checked_image(f) for f in files]
     elif modality == "text" and path.suffix.lower() == ".txt":
-        inputs = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        inputs = [line for line in read_text(path, encoding=encoding).splitlines() if line.strip()]
     else:
-        rows = _csv_rows(path) if _detect_format(path) == "csv" else _jsonl_rows(path)
-        inputs = []
-        for line, row in rows:
-            column = input_column or _guess_input_column(row, modality, path)
-            if column not in row:
-                raise UserError(f"{path}:{line}: no column '{column}'. Columns: {', '.join(row)}.")
-            value = "" if row[column] is None else str(row[column])
-            if modality == "text":
-                inputs.append(_checked_text(value, f"{path}:{line}"))
-            else:
-                image = Path(value) if Path(value).is_absolute() else path.parent / value
-                inputs.append(_checked_image(image, f"{path}:{line}"))
+        fmt = _checked_format(path, "auto")
+        inputs = [_input_of(row, line, path, modality, input_column) for line, row in _rows(path, fmt, encoding)]
     if not inputs:
         raise UserError(f"{path}: no {modality} inputs found.")
     return inputs
@@ -85,6 +78,21 @@ def split_folders(path: Path) -> dict[str, Path] | None:
     return found if "train" in found and len(found) == len(subdirs) else None
 
 
+def _checked_format(path: Path, fmt: str) -> str:
+    """The data format of `path`: the one `data.format` names, checked against the path, or detected."""
+    if not path.exists():
+        raise UserError(f"{path}: data not found.")
+    if fmt == "auto":
+        return _detect_format(path)
+    if fmt == "folder" and not path.is_dir():
+        raise UserError(f"{path}: data.format is 'folder', but this is a file. Give the class-folder root, or set "
+                        "data.format to csv or jsonl (or auto).")
+    if fmt != "folder" and path.is_dir():
+        raise UserError(f"{path}: data.format is '{fmt}', but this is a folder. Give the {fmt} file, or set "
+                        "data.format to folder (or auto).")
+    return fmt
+
+
 def _detect_format(path: Path) -> str:
     if path.is_dir():
         return "folder"
@@ -97,27 +105,46 @@ def _detect_format(path: Path) -> str:
                     "or set data.format.")
 
 
-def _read_folder(root: Path, modality: Modality) -> list[Example]:
-    suffixes = IMAGE_SUFFIXES if modality == "image" else {".txt"}
+def _suffixes(modality: Modality) -> set[str]:
+    return IMAGE_SUFFIXES if modality == "image" else TEXT_SUFFIXES
+
+
+def _read_folder(root: Path, modality: Modality, encoding: str) -> list[Example]:
     examples = []
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise UserError(f"{root}: no class folders. Put each example in ROOT/LABEL/ (one folder per label).")
+    suffixes = _suffixes(modality)
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                       and not p.name.startswith("."))
-        for file in files:
-            content = read_text(file) if modality == "text" else _checked_image(file)
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        usable = [f for f in files if f.suffix.lower() in suffixes]
+        others = Counter(f.suffix.lower() or "(none)" for f in files if f.suffix.lower() not in suffixes)
+        kinds = ", ".join(f"{count} {suffix}" for suffix, count in sorted(others.items()))
+        if others and not usable:
+            raise UserError(f"{class_dir}: class '{class_dir.name}' has no {modality} files ({kinds}); "
+                            f"{modality} files end in {', '.join(sorted(suffixes))}. Convert them, or remove the "
+                            "folder.")
+        if others:
+            warnings.warn(f"{class_dir}: ignored {kinds} file(s) that are not {', '.join(sorted(suffixes))}.",
+                          DataWarning, stacklevel=2)
+        for file in usable:
+            content = read_text(file, encoding=encoding) if modality == "text" else _checked_image(file)
             examples.append(Example(content, class_dir.name, str(file)))
     return examples
 
 
-def read_text(file: Path, where: str | None = None) -> str:
+def read_text(file: Path, where: str | None = None, encoding: str = "utf-8") -> str:
+    """A non-empty text file's content, or an error naming the file and the first byte that is not `encoding`."""
     try:
-        text = file.read_text(encoding="utf-8", errors="strict")
+        text = file.read_text(encoding=encoding, errors="strict")
     except UnicodeDecodeError as err:
-        raise UserError(f"{file}: not UTF-8 text (byte {err.start}). Re-save the file as UTF-8.") from None
+        raise UserError(_not_decodable(file, encoding, err)) from None
     return _checked_text(text, where or str(file))
+
+
+def _not_decodable(file: Path, encoding: str, err: UnicodeDecodeError) -> str:
+    return (f"{file}: not {encoding.upper()} text (byte {err.start}). Re-save it as {encoding.upper()}, or set "
+            "data.encoding to its encoding (for example latin-1 or cp1252).")
 
 
 def _checked_text(text: str, where: str) -> str:
@@ -127,37 +154,47 @@ def _checked_text(text: str, where: str) -> str:
 
 
 def _checked_image(file: Path, where: str | None = None) -> str:
+    where = where or str(file)
     try:
         with Image.open(file) as image:
             image.verify()
+    except Image.DecompressionBombError as err:
+        raise UserError(f"{where}: {file.name} is too large to decode safely ({err}). Resize or remove it.") from None
+    except FileNotFoundError:
+        raise UserError(f"{where}: image file {file} not found.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"{where or file}: cannot read image {file.name} ({err}). Remove or replace the file.") \
-            from None
+        raise UserError(f"{where}: cannot read image {file.name} ({err}). Remove or replace the file.") from None
     return str(file)
 
 
-def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | None,
-                label_column: str) -> list[Example]:
-    rows = _csv_rows(path) if fmt == "csv" else _jsonl_rows(path)
+def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | None, label_column: str,
+                encoding: str) -> list[Example]:
     examples = []
-    for line, row in rows:
+    for line, row in _rows(path, fmt, encoding):
         where = f"{path}:{line}"
-        column = input_column or _guess_input_column(row, modality, path)
-        for key in (column, label_column):
-            if key not in row:
-                raise UserError(f"{where}: no column '{key}'.{closest(key, row)} Columns: {', '.join(row)}. "
-                                "Set data.input_column / data.label_column.")
+        if label_column not in row:
+            raise UserError(f"{where}: no column '{label_column}'.{closest(label_column, row)} Columns: "
+                            f"{', '.join(row)}. Set data.label_column.")
         label = row[label_column]
         if label is None or str(label).strip() == "":
             raise UserError(f"{where}: empty label in column '{label_column}'.")
-        value = "" if row[column] is None else str(row[column])
-        if modality == "text":
-            content = _checked_text(value, where)
-        else:
-            image = Path(value) if Path(value).is_absolute() else path.parent / value
-            content = _checked_image(image, where)
-        examples.append(Example(content, str(label).strip(), where))
+        examples.append(Example(_input_of(row, line, path, modality, input_column), str(label).strip(), where))
     return examples
+
+
+def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality, input_column: str | None) -> str:
+    """The checked text, or the path of the checked image (relative to the table's folder), of one row."""
+    where = f"{path}:{line}"
+    column = input_column or _guess_input_column(row, modality, path)
+    if column not in row:
+        raise UserError(f"{where}: no column '{column}'.{closest(column, row)} Columns: {', '.join(row)}. "
+                        "Set data.input_column.")
+    value = "" if row[column] is None else str(row[column])
+    if modality == "text":
+        return _checked_text(value, where)
+    if not value.strip():
+        raise UserError(f"{where}: empty image path in column '{column}'.")
+    return _checked_image(Path(value) if Path(value).is_absolute() else path.parent / value, where)
 
 
 def _guess_input_column(row: dict[str, object], modality: Modality, path: Path) -> str:
@@ -169,23 +206,33 @@ def _guess_input_column(row: dict[str, object], modality: Modality, path: Path) 
                     "Set data.input_column.")
 
 
-def _csv_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+def _rows(path: Path, fmt: str, encoding: str) -> list[tuple[int, dict[str, object]]]:
+    try:
+        return _csv_rows(path, encoding) if fmt == "csv" else _jsonl_rows(path, encoding)
+    except UnicodeDecodeError as err:
+        raise UserError(_not_decodable(path, encoding, err)) from None
+
+
+def _csv_rows(path: Path, encoding: str) -> list[tuple[int, dict[str, object]]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding=encoding) as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
-        if not reader.fieldnames:
-            raise UserError(f"{path}: empty CSV file, expected a header line.")
-        for row in reader:
-            if None in row:
-                raise UserError(f"{path}:{reader.line_num}: more fields than the header has.")
-            rows.append((reader.line_num, dict(row)))
+        try:
+            if not reader.fieldnames:
+                raise UserError(f"{path}: empty CSV file, expected a header line.")
+            for row in reader:
+                if None in row:
+                    raise UserError(f"{path}:{reader.line_num}: more fields than the header has.")
+                rows.append((reader.line_num, dict(row)))
+        except csv.Error as err:
+            raise UserError(f"{path}:{reader.line_num}: not valid CSV ({err}).") from None
     return rows
 
 
-def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+def _jsonl_rows(path: Path, encoding: str) -> list[tuple[int, dict[str, object]]]:
     rows = []
-    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, text in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
         if not text.strip():
             continue
         try:
@@ -198,8 +245,9 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
     return rows
 
 
-def read_prediction_inputs(files: list[str], texts: list[str], modality: Modality) -> list[tuple[str, str]]:
-    """(name, input) pairs for `graftune predict`: text files are read, image paths are checked, --text
+def read_prediction_inputs(files: list[str], texts: list[str], modality: Modality,
+                           encoding: str = "utf-8") -> list[tuple[str, str]]:
+    """(name, input) pairs for `graftune predict`: text files are read, image files are checked, --text
     values pass through."""
     inputs = []
     for name in files:
@@ -209,9 +257,9 @@ def read_prediction_inputs(files: list[str], texts: list[str], modality: Modalit
         if modality == "image":
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise UserError(f"{path}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-            inputs.append((name, str(path)))
+            inputs.append((name, _checked_image(path)))
         else:
-            inputs.append((name, read_text(path)))
+            inputs.append((name, read_text(path, encoding=encoding)))
     if texts and modality == "image":
         raise UserError("--text is for text models; this run classifies images.")
     for i, text in enumerate(texts):

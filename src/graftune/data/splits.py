@@ -35,7 +35,7 @@ def read_splits(data: DataConfig, modality: Modality) -> Splits:
     every split's labels are known to train."""
 
     def read(path: str | Path) -> list[Example]:
-        return read_examples(path, modality, data.format, data.input_column, data.label_column)
+        return read_examples(path, modality, data.format, data.input_column, data.label_column, data.encoding)
 
     folders = split_folders(Path(data.train)) if data.format in ("auto", "folder") else None
     paths: dict[str, str | Path | None] = {"train": data.train, "val": data.val, "test": data.test}

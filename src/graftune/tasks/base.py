@@ -147,7 +147,7 @@ class Task(ABC):
 
     def read_inputs(self, files: list[str], texts: list[str]) -> list[tuple[str, str]]:
         """(name, input) pairs for `graftune predict`."""
-        return read_prediction_inputs(files, texts, self.modality)
+        return read_prediction_inputs(files, texts, self.modality, self.settings.data.encoding)
 
     @abstractmethod
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],

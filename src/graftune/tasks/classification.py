@@ -125,7 +125,7 @@ class Classification(Task):
                 f"support {s['support']}" for label, s in results["per_class"].items()]
 
     def read_labelled(self, path: str | Path, input_column: str | None, label_column: str) -> list[Example]:
-        examples = read_examples(path, self.modality, "auto", input_column, label_column)
+        examples = read_examples(path, self.modality, "auto", input_column, label_column, self.settings.data.encoding)
         unknown = sorted({e.label for e in examples} - set(self.labels))
         if unknown:
             raise UserError(f"{path}: labels {', '.join(unknown)} were not in the training data of this model "
