@@ -155,10 +155,10 @@ def _load(kind: str, tmp: Path, bert_dir: Path, vit_dir: Path, weights: dict[str
         return load_backbone(kind)
     if kind == "run-module":
         run = _saved_run(tmp, load_backbone(CNN, weights=str(weights["safetensors"])), ["a", "b"], CNN)
-        return load_backbone(f"run:{run}")
+        return load_backbone(f"run:{run}", trust_code=True)
     if kind == "run-hf":
         run = _saved_run(tmp, load_backbone(f"hf:{bert_dir}"), ["x", "y", "z"], f"hf:{bert_dir}")
-        return load_backbone(f"run:{run}")
+        return load_backbone(f"run:{run}", trust_code=True)
     if kind == "timm":  # no weights offline: the architecture through the same wrapping
         _require("timm")
         from graftune.backbones.vision_libs import load_timm
@@ -312,7 +312,9 @@ def test_run_source_restores_the_fine_tuned_body(tmp_path: Path, cnn_weights: di
         for param in original.body.parameters():
             param.add_(0.5)  # "fine-tuned": differs from both the factory init and the weights file
     run = _saved_run(tmp_path, original, ["cat", "dog"], CNN)
-    restored = load_backbone(f"run:{run}")
+    with pytest.raises(UserError, match="names Python code to import: module:helpers:tiny_cnn"):
+        load_backbone(f"run:{run}")  # the run folder names code: imported only when trusted
+    restored = load_backbone(f"run:{run}", trust_code=True)
     assert restored.source == CNN
     assert restored.surgery == {"replaced": "fc"}
     mine, theirs = original.body.state_dict(), restored.body.state_dict()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from graftune.data.images import center_crop, image_tensor, open_rgb, random_resized_crop, to_tensor
 from graftune.data.readers import Example, read_examples, split_folders
+from graftune.data.record import record
 from graftune.data.splits import Splits, check_labels, stratified_split
 from graftune.errors import DataWarning, UserError
 from graftune.preprocessing import ImagePreprocess
@@ -211,9 +212,10 @@ def test_stratified_split_is_reproducible_per_seed() -> None:
     first = stratified_split(examples, 0.2, 0.2, seed=3)
     again = stratified_split(examples, 0.2, 0.2, seed=3)
     other = stratified_split(examples, 0.2, 0.2, seed=4)
-    assert first.record(3) == again.record(3)
-    assert first.record(3)["val"] != other.record(4)["val"]
-    assert first.record(3)["seed"] == 3 and first.record(3)["train"]["count"] == len(first.train)
+    saved = record(first, "text", 3, {})
+    assert saved == record(again, "text", 3, {})
+    assert saved["val"] != record(other, "text", 4, {})["val"]
+    assert saved["seed"] == 3 and saved["train"]["count"] == len(first.train) == len(saved["train"]["digests"])
 
 
 def test_zero_fractions_leave_a_split_empty() -> None:

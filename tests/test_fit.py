@@ -16,9 +16,10 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from graftune.backbones.base import generic_groups
+from graftune.checkpoint import Checkpoints, FitState, LoopState
 from graftune.config import validate
 from graftune.features import EpochLoaders
-from graftune.fit import FitState, Monitor, Trainee, fit
+from graftune.fit import Monitor, Trainee, fit
 from graftune.grafted import GraftedModel
 from graftune.loop import Evaluation
 from graftune.rundir import RunDir
@@ -55,7 +56,8 @@ class Scripted:
         return {"val_loss": value if self.metric == "val_loss" else evaluation.loss, self.metric: value}
 
 
-def trainee(strategy: dict[str, Any], epochs: int, metric: str, values: list[float]) -> tuple[Trainee, Scripted]:
+def trainee(strategy: dict[str, Any], epochs: int, metric: str, values: list[float],
+            folder: Path) -> tuple[Trainee, Scripted]:
     torch.manual_seed(0)
     settings = validate(config(strategy, epochs))
     body = helpers.body_of(helpers.tiny_cnn())
@@ -65,12 +67,14 @@ def trainee(strategy: dict[str, Any], epochs: int, metric: str, values: list[flo
     AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=True, mixed_precision="no")
     prepared, optimizer = accelerator.prepare(model, switch.replay(0))
-    scheduler = switch.schedule(0, optimizer.optimizer, 1, 3)
+    loop = LoopState(FitState(), switch.schedule(0, optimizer.optimizer, 1, 3))
+    accelerator.register_for_checkpointing(loop)
     scripted = Scripted(model, metric, values)
     task = ImageClassification(settings, {"labels": LABELS})
     loaders = EpochLoaders(batches(3, seed=0), batches(1, seed=1), None, switch.head_only)
-    return Trainee(prepared, optimizer, scheduler, accelerator, loaders, ShuffledBatches(4, 0, size=12), task.step,
-                   scripted, 1.0, switch, 3), scripted
+    return Trainee(prepared, optimizer, accelerator, loop, loaders, ShuffledBatches(4, 0, size=12), task.step,
+                   scripted, 1.0, switch, 3, Checkpoints(folder / "checkpoints", folder / "metrics.jsonl"),
+                   []), scripted
 
 
 def config(strategy: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -82,10 +86,9 @@ def config(strategy: dict[str, Any], epochs: int) -> dict[str, Any]:
 def run_fit(tmp_path: Path, strategy: dict[str, Any], epochs: int, monitor: Monitor,
             values: list[float]) -> tuple[FitState, list[dict[str, Any]], Scripted, Trainee]:
     folder = RunDir(tmp_path / "run")
-    folder.create()
-    trained, scripted = trainee(strategy, epochs, monitor.metric, values)
+    trained, scripted = trainee(strategy, epochs, monitor.metric, values, folder.path)
     settings = validate(config(strategy, epochs))
-    state = fit(trained, settings.train, monitor, folder, FitState(), Console(quiet=True))
+    state = fit(trained, settings.train, monitor, Console(quiet=True))
     return state, folder.read_metrics(), scripted, trained
 
 
@@ -101,8 +104,9 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     best = load_file(str(tmp_path / "run" / "checkpoints" / "best" / "model.safetensors"))
     assert weights_equal(best, scripted.weights[1])  # the weights epoch 2 ended with
     assert not weights_equal(best, scripted.weights[3])
-    saved = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
-    assert saved["epoch"] == 4 and saved["stopped_early"]
+    assert json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["epoch"] == 4
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "epoch-0004" / "custom_checkpoint_0.pkl", weights_only=True)
+    assert saved["fit"]["epoch"] == 4 and saved["fit"]["stopped_early"]
 
 
 def test_a_loss_metric_improves_downwards(tmp_path: Path) -> None:

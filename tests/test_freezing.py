@@ -32,7 +32,7 @@ def names(body: nn.Module, *prefixes: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("text", "spec"), [
-    ("all", "all"), ("none", "none"), (" all ", "all"), ("3", 3), ("0", 0), (" 12 ", 12),
+    ("all", "all"), ("none", "none"), (" all ", "all"), ("3", 3), ("0", "none"), (0, "none"), (" 12 ", 12),
     ("a,b", ["a", "b"]), ("encoder", ["encoder"]), ("a,,b,", ["a", "b"]), (4, 4), (["x"], ["x"]),
 ])
 def test_freeze_body_is_parsed_once_by_the_config(text: str | int | list[str], spec: str | int | list[str]) -> None:

@@ -14,12 +14,12 @@ PACKAGE = Path(graftune.__file__).parent
 
 # Bottom first. A module may import from its own layer and any layer before it.
 LAYERS: list[set[str]] = [
-    {"errors", "preprocessing", "loop", "grafted", "hardware", "progress", "plots", "weights",
+    {"errors", "preprocessing", "loop", "grafted", "hardware", "progress", "plots", "weights", "faults",
      "tasks"},  # the task registry knows names and import paths only
     {"config", "rundir", "datasets", "sampling", "checkpoint", "data", "data.images", "data.readers"},
     {"backbones", "backbones.base", "backbones.surgery", "backbones.hf", "backbones.module", "backbones.presets",
      "backbones.vision_libs", "backbones.sources", "data.inputs", "data.splits", "freezing", "optim", "strategies",
-     "regularize", "lora", "features"},
+     "regularize", "lora", "features", "data.record"},
     {"staging", "settings", "tasks.base", "tasks.heads"},
     {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "loaders", "fit"},
     {"artifacts"},

@@ -16,7 +16,7 @@ from rich.console import Console
 from graftune.config import validate
 from graftune.errors import UserError
 from graftune.grafted import GraftedModel
-from graftune.run import Run
+from graftune.run import Permissions, Run
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def test_setup_builds_every_resource_from_the_resolved_settings(colours: Path, t
     held = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
     assert held == {id(p) for p in run.model.parameters() if p.requires_grad}  # only what trains
     assert len(run.items["train"]) + len(run.items["val"]) + len(run.items["test"]) == 24
-    assert run.state.epoch == 0 and not run.resuming
+    assert run.fit_state.epoch == 0 and run.latest is None
     strategy = json.loads((tmp_path / "run" / "strategy.json").read_text())
     assert strategy["name"] == "partial" and strategy["groups"] == [g.name for g in run.backbone.groups]
 
@@ -60,7 +60,7 @@ def test_setup_builds_every_resource_from_the_resolved_settings(colours: Path, t
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["test"] == result.test and saved["best_val"].keys() == {"val_accuracy"}
     for name in ("model/model.safetensors", "model/graftune.json", "plots/learning_curves.png",
-                 "plots/confusion_matrix.png", "data_splits.json", "checkpoints/last/state.json"):
+                 "plots/confusion_matrix.png", "data_splits.json", "checkpoints/last.json"):
         assert (tmp_path / "run" / name).is_file(), name
 
 
@@ -70,9 +70,9 @@ def test_resume_restores_state_and_optimizer_in_setup(colours: Path, tmp_path: P
     first.save()
     rows = (tmp_path / "run" / "metrics.jsonl").read_text()
 
-    again = Run.resume(tmp_path / "run", Console(quiet=True))
-    assert again.resuming and again.state.epoch == 2 and again.settings == first.settings
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "last" / "optimizer.pt", weights_only=True)
+    again = Run.resume(tmp_path / "run", Console(quiet=True), permissions=Permissions(trust_code=True))
+    assert again.latest is not None and again.fit_state.epoch == 2 and again.settings == first.settings
+    saved = torch.load(again.latest / "optimizer.bin", weights_only=True)
     loaded = again.optimizer.state_dict()
     assert saved["state"].keys() == loaded["state"].keys()
     assert all(torch.equal(saved["state"][k]["exp_avg"], loaded["state"][k]["exp_avg"]) for k in saved["state"])
@@ -82,7 +82,7 @@ def test_resume_restores_state_and_optimizer_in_setup(colours: Path, tmp_path: P
 
 
 def test_resume_of_a_folder_that_is_no_run(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"no config\.yaml"):
+    with pytest.raises(UserError, match="not a graftune run"):
         Run.resume(tmp_path, Console(quiet=True))
 
 

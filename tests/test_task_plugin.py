@@ -142,9 +142,9 @@ def test_a_task_from_outside_graftune_trains_evaluates_and_predicts(tmp_path: Pa
     baseline = float(np.mean(np.abs(np.array(test_values) - np.mean(train_values))))
     assert result.test["mae"] < 0.6 * baseline  # better than predicting the mean brightness
 
-    again = graftune.evaluate(result.dir, table, label_column="value")
+    again = graftune.evaluate(result.dir, table, label_column="value", trust_code=True)
     assert again["examples"] == 48
-    predictions = graftune.predict(result.dir, files=[str(table.parent / "0.png")])
+    predictions = graftune.predict(result.dir, files=[str(table.parent / "0.png")], trust_code=True)
     assert set(predictions[0]) == {"input", "value"} and isinstance(predictions[0]["value"], float)
 
 
@@ -175,7 +175,8 @@ def test_a_new_task_resumes_like_the_built_in_ones(tmp_path: Path, monkeypatch: 
     with pytest.raises(KeyboardInterrupt):
         graftune.train(short, out=tmp_path / "resumed", console=Console(quiet=True))
     monkeypatch.setattr("graftune.fit.train_one_epoch", real_epoch)
-    resumed = graftune.train({}, out=tmp_path / "resumed", resume=True, console=Console(quiet=True))
+    resumed = graftune.train({}, out=tmp_path / "resumed", resume=True, console=Console(quiet=True),
+                             trust_code=True)
     assert [r["epoch"] for r in rows(resumed.dir)] == [1, 2, 3, 4]
     for a, b in zip(rows(straight.dir), rows(resumed.dir), strict=True):
         assert a["val_mae"] == pytest.approx(b["val_mae"], abs=1e-6)

@@ -5,6 +5,9 @@ Example:
     >>> run = train("news.yaml", out="runs/news", overrides=["train.epochs=2"])
     >>> predict("runs/news", texts=["The striker scored twice"])[0]["label"]
     'sport'
+
+`trust_code=True` lets graftune import Python code that a run folder names (a `module:` model source);
+it is never recorded, so every later command asks again.
 """
 
 from __future__ import annotations
@@ -16,38 +19,45 @@ from rich.console import Console
 
 from graftune.artifacts import FineTuned, load_model
 from graftune.config import Config, load_config, validate
-from graftune.run import RunResult, resume_run, train_run
+from graftune.run import Permissions, RunResult, resume_run, train_run
 
 
 def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
-          overwrite: bool = False, resume: bool = False, console: Console | None = None) -> RunResult:
-    """Fine-tune as the config says (a YAML path, a dict or a `Config`) into the run folder `out`."""
+          overwrite: bool = False, resume: bool = False, console: Console | None = None, trust_code: bool = False,
+          accept_changed_data: bool = False) -> RunResult:
+    """Fine-tune as the config says (a YAML path, a dict or a `Config`) into the run folder `out`.
+
+    With `resume`, continue the run in `out` with its own settings (the config is not used; `overrides`
+    may give it more epochs) on the split it recorded; `accept_changed_data` continues although data files
+    changed since it started.
+    """
+    permissions = Permissions(trust_code, accept_changed_data)
     if resume:
-        return resume_run(out, console)
+        return resume_run(out, overrides, console, permissions)
     if isinstance(config, Config):
         cfg = config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
     elif isinstance(config, dict):
         cfg = load_config(None, overrides, base=config) if overrides else validate(config)
     else:
         cfg = load_config(config, overrides)
-    return train_run(cfg, out, overwrite=overwrite, console=console)
+    return train_run(cfg, out, overwrite=overwrite, console=console, permissions=permissions)
 
 
-def load(run_dir: str | Path, adapter: bool = False) -> FineTuned:
+def load(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:
     """Load a fine-tuned model from its run folder; `adapter=True` rebuilds a LoRA run from the
     pre-trained body and its adapter instead of the merged weights."""
-    return load_model(run_dir, adapter)
+    return load_model(run_dir, adapter, trust_code)
 
 
-def predict(run_dir: str | Path, files: list[str] | None = None,
-            texts: list[str] | None = None) -> list[dict[str, Any]]:
+def predict(run_dir: str | Path, files: list[str] | None = None, texts: list[str] | None = None,
+            trust_code: bool = False) -> list[dict[str, Any]]:
     """The task's prediction for image/text files and raw texts: a classifier's label and probabilities."""
-    fine_tuned = load_model(run_dir)
+    fine_tuned = load_model(run_dir, trust_code=trust_code)
     return fine_tuned.predict(fine_tuned.task.read_inputs(list(files or []), list(texts or [])))
 
 
 def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = None,
-             label_column: str = "label", batch_size: int = 64) -> dict[str, Any]:
+             label_column: str = "label", batch_size: int = 64, trust_code: bool = False) -> dict[str, Any]:
     """Metrics of a saved run on new labelled data (class folders or CSV/JSONL)."""
-    fine_tuned = load_model(run_dir)
+    fine_tuned = load_model(run_dir, trust_code=trust_code)
     return fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column), batch_size)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from graftune.backbones import Backbone, read_model_info, rebuild_backbone
-from graftune.backbones.sources import MODEL_FORMAT
+from graftune.backbones.sources import MODEL_FORMAT, require_trust
 from graftune.config import validate
 from graftune.data.readers import Example
 from graftune.errors import UserError
@@ -52,6 +52,7 @@ def save_model_folder(folder: Path, model: GraftedModel, backbone: Backbone, tas
         "source": backbone.source,
         "surgery": backbone.surgery,
         "build_kwargs": backbone.build_kwargs,
+        "code": backbone.code,
         "preprocess": preprocess.to_json(),
         "settings": task.settings.model_dump(mode="json"),
         "provenance": {"started_from": parent or backbone.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -83,9 +84,10 @@ class FineTuned:
         return self.task.test_results(evaluate(self.model, loader, self.task.step, Accelerator()))
 
 
-def load_model(run_dir: str | Path, adapter: bool = False) -> FineTuned:
+def load_model(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:
     """A run's saved model; with `adapter`, the pre-trained body plus the run's LoRA adapter and head instead
-    of the merged weights."""
+    of the merged weights. Code the model folder names (a `module:` source) is imported only with
+    `trust_code`."""
     run = RunDir(run_dir).require()
     folder = run.model
     info = read_model_info(folder)
@@ -94,11 +96,13 @@ def load_model(run_dir: str | Path, adapter: bool = False) -> FineTuned:
     if adapter:
         if not (folder / ADAPTER_DIR).is_dir():
             raise UserError(f"{folder}: no LoRA adapter here; only runs with strategy lora save one.")
-        backbone = load_configured_backbone(settings)
+        if settings.model.source.startswith("module:"):
+            require_trust(settings.model.source, folder / "graftune.json", trust_code, info.get("code"))
+        backbone = load_configured_backbone(settings, trust_code)
         model = task.build_model(backbone)
         attach_adapter(model, folder)
     else:
-        backbone = rebuild_backbone(info, folder)
+        backbone = rebuild_backbone(info, folder, trust_code)
         model = task.build_model(backbone)
         load_weights(model, folder / "model.safetensors")
     model.eval()

@@ -1,46 +1,188 @@
-"""Training checkpoints for --resume: weights, optimizer, schedule and loop state, loaded safely.
+"""Training state for --resume, committed one epoch at a time: a kill at any instant leaves the previous
+epoch's checkpoint or the new one, never a mix and never nothing.
 
-Random state is not stored: every epoch reseeds from (seed, epoch), so a resumed run draws the same
-shuffles, crops and dropout masks as an uninterrupted one.
+    RUN/checkpoints/epoch-0003/   Accelerate's save_state: model.safetensors, optimizer.bin, random states and
+                                  custom_checkpoint_0.pkl (the loop state: epoch, stage, best score, schedule);
+                                  plus metrics.jsonl, the rows of every epoch up to this one
+    RUN/checkpoints/last.json     {"epoch": 3, "dir": "epoch-0003"}: the checkpoint resume starts from
+    RUN/checkpoints/best/model.safetensors   a hard link to the best epoch's weights
 
-Everything is tensors and plain values, so `torch.load(weights_only=True)` reads it back: resuming
-never unpickles code.
+`commit` saves into a temporary folder and fsyncs it, renames it into place, links the best weights,
+then replaces last.json (the commit point: fsynced, renamed), then rewrites RUN/metrics.jsonl from the
+rows the checkpoint holds and removes older epochs. Resume reads last.json and takes the rows from the
+checkpoint, so it never repeats or skips an epoch's row. A full or read-only disk stops the run with
+one message and the previous checkpoint intact.
+
+Saving through Accelerate means the same code holds sharded FSDP and DeepSpeed states. Loading is
+safe: Accelerate reads weights with safetensors and everything else with `torch.load(weights_only=True)`,
+except the registered loop state, which it unpickles in full; graftune reads that file with
+`weights_only=True` first and refuses it unless it holds only tensors and plain values.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from graftune.weights import load_weights, save_weights
+from graftune.errors import UserError
+from graftune.faults import reached
 
-
-def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: dict[str, Any], best: Path | None = None) -> None:
-    """Write the last checkpoint; `state.json` goes last, so a checkpoint with it is complete.
-
-    With `best`, the same weights also become the best model: linked (or copied) from the file just
-    written instead of serialized a second time, and before `state.json`, which names the best epoch.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "state.json").unlink(missing_ok=True)
-    save_weights(model, folder / "model.safetensors")
-    if best is not None:
-        share_file(folder / "model.safetensors", best / "model.safetensors")
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    torch.save({"scheduler": scheduler.state_dict()}, folder / "scheduler.pt")
-    (folder / "state.json").write_text(json.dumps(state, indent=2))
+LOOP_STATE_FILE = "custom_checkpoint_0.pkl"  # Accelerate's name for the first registered object
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def share_file(source: Path, target: Path) -> None:
+@dataclass
+class FitState:
+    """Where the run is: saved in every checkpoint, including where the run is in its strategy."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_score: float | None = None
+    bad_epochs: int = 0  # epochs without improvement in the current stage
+    stopped_early: bool = False
+    stage: int = 0
+    stage_start: int = 1  # first epoch of the current stage
+
+
+class LoopState:
+    """What Accelerate checkpoints besides the model and optimizer (`register_for_checkpointing`): the
+    loop's position and the schedule of the current stage, which a stage change replaces."""
+
+    def __init__(self, fit: FitState, scheduler: Any) -> None:
+        self.fit, self.scheduler = fit, scheduler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fit": asdict(self.fit), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state["fit"].items():
+            setattr(self.fit, key, value)  # the same object the loop holds
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class Checkpoints:
+    """RUN/checkpoints/: commit an epoch's state as one unit; find and read the last complete one."""
+
+    def __init__(self, folder: Path, metrics: Path) -> None:
+        self.folder, self.metrics = folder, metrics
+        self.pointer = folder / "last.json"
+        self.best = folder / "best" / "model.safetensors"
+
+    # --- reading ---------------------------------------------------------------------------------------
+
+    def latest(self) -> Path | None:
+        """The folder last.json names, or None before the first epoch was committed."""
+        if not self.pointer.is_file():
+            return None
+        try:
+            name = json.loads(self.pointer.read_text())["dir"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{self.pointer}: damaged (not the JSON graftune writes). The run cannot resume from "
+                            "it; start a new run.") from None
+        path = self.folder / str(name)
+        if path.parent != self.folder or not path.is_dir():
+            raise UserError(f"{self.pointer}: names {name}, which is not a checkpoint folder here. The run cannot "
+                            "resume from it; start a new run.")
+        return path
+
+    def loop_state(self, path: Path) -> tuple[FitState, dict[str, Any]]:
+        """The loop state of a checkpoint, read with weights_only=True (see the module docstring)."""
+        try:
+            state = torch.load(path / LOOP_STATE_FILE, map_location="cpu", weights_only=True)
+            return FitState(**state["fit"]), state
+        except Exception as err:  # anything but plain values, or a damaged file
+            raise UserError(f"{path / LOOP_STATE_FILE}: not a loop state graftune wrote ({str(err)[:120]}). The "
+                            "run cannot resume from it; start a new run.") from None
+
+    def rows(self, path: Path) -> list[dict[str, Any]]:
+        """The metrics rows committed with the checkpoint."""
+        try:
+            return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path / 'metrics.jsonl'}: damaged ({err}). The run cannot resume from it.") from None
+
+    def restore(self, accelerator: Any, path: Path) -> list[dict[str, Any]]:
+        """Load the checkpoint into the prepared objects and registered loop state; make RUN/metrics.jsonl
+        its rows again (dropping rows of epochs it does not hold); return those rows."""
+        rows = self.rows(path)
+        try:
+            accelerator.load_state(str(path))
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f"{path}: damaged checkpoint ({str(err).splitlines()[0][:160]}). The run cannot resume "
+                            "from it; start a new run.") from None
+        _write_atomically(self.metrics, _jsonl(rows))
+        return rows
+
+    # --- writing ---------------------------------------------------------------------------------------
+
+    def commit(self, accelerator: Any, epoch: int, rows: list[dict[str, Any]], best: bool) -> None:
+        """Write epoch `epoch`'s training state and metrics rows as one unit (see the module docstring)."""
+        name = f"epoch-{epoch:04d}"
+        tmp, final = self.folder / f".{name}.tmp", self.folder / name
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            reached("checkpoint:begin", epoch)
+            accelerator.save_state(str(tmp))
+            if accelerator.is_main_process:
+                (tmp / "metrics.jsonl").write_text(_jsonl(rows))
+                _fsync_tree(tmp)
+                reached("checkpoint:written", epoch)
+                self._publish(tmp, final, epoch, rows, best)
+        except OSError as err:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if err.errno not in DISK_ERRORS:
+                raise
+            raise UserError(self._disk_message(err, epoch)) from None
+        accelerator.wait_for_everyone()
+
+    def _publish(self, tmp: Path, final: Path, epoch: int, rows: list[dict[str, Any]], best: bool) -> None:
+        shutil.rmtree(final, ignore_errors=True)  # a stale copy from a run killed before its commit point
+        os.replace(tmp, final)
+        _fsync_dir(self.folder)
+        reached("checkpoint:renamed", epoch)
+        if best:
+            link_file(final / "model.safetensors", self.best)
+        reached("checkpoint:best", epoch)
+        _write_atomically(self.pointer, json.dumps({"epoch": epoch, "dir": final.name}) + "\n")
+        reached("checkpoint:committed", epoch)
+        _write_atomically(self.metrics, _jsonl(rows))
+        reached("checkpoint:metrics", epoch)
+        self.tidy(keep=final.name)
+
+    def tidy(self, keep: str | None = None) -> None:
+        """Remove temporary folders and epochs other than `keep` (default: the one last.json names)."""
+        if not self.folder.is_dir():
+            return
+        if keep is None:
+            latest = self.latest()
+            keep = latest.name if latest else None
+        for path in self.folder.iterdir():
+            if path.is_dir() and path.name != keep and (path.name.startswith("epoch-") or path.name.endswith(".tmp")):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _disk_message(self, err: OSError, epoch: int) -> str:
+        latest = self.latest()
+        kept = f"the checkpoint of epoch {latest.name.removeprefix('epoch-').lstrip('0')} is intact" if latest \
+            else "no earlier checkpoint was written"
+        return (f"{err.filename or self.folder}: cannot write the checkpoint of epoch {epoch} ({err.strerror}); "
+                f"{kept}. Free space or fix the permissions, then continue with: graftune train --resume "
+                f"{self.folder.parent}")
+
+
+def link_file(source: Path, target: Path) -> None:
     """Make `target` hold what `source` holds now: a hard link where the file system has them, else a copy.
-    Later writes replace `source` with a new file (save_weights renames), so the link keeps this version."""
+    Later checkpoints are new files in new folders, so the link keeps this version."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
@@ -48,24 +190,34 @@ def share_file(source: Path, target: Path) -> None:
         os.link(source, tmp)
     except OSError:
         shutil.copyfile(source, tmp)
-    tmp.replace(target)
+    os.replace(tmp, target)
 
 
-def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> dict[str, Any]:
-    load_weights(model, folder / "model.safetensors")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    extra = torch.load(folder / "scheduler.pt", weights_only=True)
-    scheduler.load_state_dict(extra["scheduler"])
-    state: dict[str, Any] = json.loads((folder / "state.json").read_text())
-    return state
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-def checkpoint_state(folder: Path) -> dict[str, Any]:
-    """The loop state of a complete checkpoint (epoch, stage, best score)."""
-    state: dict[str, Any] = json.loads((folder / "state.json").read_text())
-    return state
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def has_checkpoint(folder: Path) -> bool:
-    return (folder / "state.json").is_file()
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

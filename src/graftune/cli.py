@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -12,26 +14,48 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from graftune.errors import UserError
+from graftune.errors import DataWarning, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pre-trained neural networks for a new task.")
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+# A file or folder the user named cannot be written or read: their problem to fix, not a graftune bug.
+PATH_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+               errno.ENAMETOOLONG}
+TRUST_HELP = "import Python code that the run folder names (a module: model); only for folders you trust"
 
 
 def user_errors(command: F) -> F:
-    """Print a UserError in one or two lines and exit with status 2, never a traceback."""
+    """Print a UserError (or an unwritable path) in one or two lines and exit with status 2, never a
+    traceback; print data warnings as one `warning:` line each."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = _show_warning
+            try:
+                return command(*args, **kwargs)
+            except UserError as err:
+                _print_error(str(err))
+            except OSError as err:
+                if err.errno not in PATH_ERRORS:
+                    raise
+                _print_error(f"{err.filename or 'a file'}: {err.strerror}. Check the path, its permissions and the "
+                             "free space.")
+        raise typer.Exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def flags_to_overrides(task: str | None, model: str | None, data: list[str], freeze: str | None,
@@ -42,14 +66,17 @@ def flags_to_overrides(task: str | None, model: str | None, data: list[str], fre
     overrides = [f"task={task}"] if task else []
     if model:
         overrides.append(f"model.source={model}")
+    given: dict[str, str] = {}
     for item in data:
         name, sep, path = item.partition("=")
-        if sep and name in ("train", "val", "test"):
-            overrides.append(f"data.{name}={path}")
-        elif sep:
+        if sep and name not in ("train", "val", "test"):
             raise UserError(f"--data {item}: expected PATH, train=PATH, val=PATH or test=PATH.")
-        else:
-            overrides.append(f"data.train={item}")
+        split, path = (name, path) if sep else ("train", item)
+        if split in given:
+            raise UserError(f"--data: the {split} data is given twice ({given[split]} and {path}). Give each split "
+                            "once: --data PATH --data val=PATH --data test=PATH.")
+        given[split] = path
+        overrides.append(f"data.{split}={path}")
     for key, value in (("freeze.body", freeze), ("train.epochs", epochs), ("optim.lr", lr),
                        ("train.batch_size", batch_size), ("train.seed", seed), ("strategy.name", strategy),
                        ("regularize.retain", retain), ("regularize.ewc", ewc), ("regularize.l2sp", l2sp)):
@@ -78,22 +105,60 @@ def train(
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
-    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run (with --epochs: longer)")] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+    accept_changed_data: Annotated[bool, typer.Option(
+        "--accept-changed-data", help="with --resume: continue on the recorded split although data files changed "
+                                      "(missing ones dropped)")] = False,
 ) -> None:
     """Fine-tune a pre-trained model; everything lands in the run directory."""
     from graftune.api import train as train_api
 
-    if resume is not None:
-        train_api({}, out=resume, resume=True, console=console)
-        return
-    if out is None:
-        raise UserError("--out RUN is required: the run directory to create.")
-    overrides = flags_to_overrides(task, model, data or [], freeze, epochs, lr, batch_size, seed, strategy, retain,
-                                   ewc, l2sp) + (set_ or [])
-    if config is None and not overrides:
-        raise UserError("give a CONFIG.yaml, or --task, --model and --data.")
-    train_api(config if config is not None else {}, out=out, overrides=overrides, overwrite=overwrite,
-              console=console)
+    flags = {"CONFIG": config, "--out": out, "--task": task, "--model": model, "--data": data, "--freeze": freeze,
+             "--strategy": strategy, "--retain": retain, "--ewc": ewc, "--l2sp": l2sp, "--lr": lr,
+             "--batch-size": batch_size, "--seed": seed, "--overwrite": overwrite or None}
+    target = resume if resume is not None else out
+    try:
+        if resume is not None:
+            refused = [name for name, value in flags.items() if value is not None]
+            if refused:
+                raise UserError(f"--resume continues a run with its own settings: {', '.join(refused)} cannot be "
+                                "given with it (--epochs and --set train.epochs=N can). Start a new run with --out.")
+            overrides = [f"train.epochs={epochs}"] if epochs is not None else []
+            train_api({}, out=resume, overrides=overrides + (set_ or []), resume=True, console=console,
+                      trust_code=trust_code, accept_changed_data=accept_changed_data)
+            return
+        if out is None:
+            raise UserError("--out RUN is required: the run directory to create.")
+        if accept_changed_data:
+            raise UserError("--accept-changed-data is for --resume, which checks the data against the recorded split.")
+        overrides = flags_to_overrides(task, model, data or [], freeze, epochs, lr, batch_size, seed, strategy,
+                                       retain, ewc, l2sp) + (set_ or [])
+        if config is None and not overrides:
+            raise UserError("give a CONFIG.yaml, or --task, --model and --data.")
+        train_api(config if config is not None else {}, out=out, overrides=overrides, overwrite=overwrite,
+                  console=console, trust_code=trust_code)
+    except KeyboardInterrupt:
+        _interrupted(target)
+
+
+def _interrupted(run: Path | None) -> None:
+    """Ctrl-C: say what is saved and how to go on, and exit 130 as shells expect."""
+    from graftune.checkpoint import Checkpoints
+
+    latest = None
+    if run is not None and (run / ".graftune-run").is_file():
+        try:
+            latest = Checkpoints(run / "checkpoints", run / "metrics.jsonl").latest()
+        except UserError:
+            latest = None
+    if latest is None:
+        console.print("interrupted before the first epoch was checkpointed; nothing to resume.")
+    else:
+        epoch = int(latest.name.removeprefix("epoch-"))
+        console.print(f"interrupted; epoch {epoch} is the last checkpointed one. Continue with: "
+                      f"graftune train --resume {run}")
+    raise typer.Exit(130)
 
 
 @app.command()
@@ -104,11 +169,12 @@ def evaluate(
     input_column: Annotated[str | None, typer.Option("--input-column")] = None,
     label_column: Annotated[str, typer.Option("--label-column")] = "label",
     json_output: Annotated[bool, typer.Option("--json", help="print all metrics as JSON")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
     """Score a fine-tuned model on new labelled data."""
     from graftune.api import load
 
-    fine_tuned = load(run)
+    fine_tuned = load(run, trust_code=trust_code)
     metrics = fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column))
     if json_output:
         typer.echo(json.dumps(metrics, indent=2))
@@ -124,11 +190,12 @@ def predict(
     inputs: Annotated[list[str] | None, typer.Argument(help="image or text files")] = None,
     text: Annotated[list[str] | None, typer.Option("--text", help="a text to classify (repeatable)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
     """The model's prediction for each input: for a classifier, the label and its probability."""
     from graftune.api import load
 
-    fine_tuned = load(run)
+    fine_tuned = load(run, trust_code=trust_code)
     for result in fine_tuned.predict(fine_tuned.task.read_inputs(inputs or [], text or [])):
         typer.echo(json.dumps(result) if json_output else fine_tuned.task.format_prediction(result))
 

@@ -38,6 +38,8 @@ class ModelConfig(Section):
                                     "run:DIR, or a preset (minilm-l6, efficientnet-lite0)")
     weights: str | None = Field(None, description="weights file for module: sources (.safetensors or .pt)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a module: factory")
+    code_path: str | None = Field(None, description="folder to import a module: factory from before the Python "
+                                                    "path; recorded by the run, so it rebuilds without PYTHONPATH")
     trust_remote_code: bool = False
 
 
@@ -104,7 +106,7 @@ class FreezeConfig(Section):
                 return text
         if isinstance(value, int) and value < 0:
             raise ValueError("the number of frozen layer groups cannot be negative")
-        return value
+        return "none" if value == 0 else value  # no group frozen: the same as none, and named so
 
 
 Schedule = Literal["cosine", "linear", "constant", "one-cycle", "slanted-triangular"]
@@ -261,7 +263,21 @@ def validate(raw: dict[str, Any], source: str = "config", lines: dict[tuple[str,
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML reads `1e-3` as a string (YAML 1.1); users mean a float, as YAML 1.2 says."""
+    """PyYAML reads `1e-3` as a string (YAML 1.1); users mean a float, as YAML 1.2 says. A key given twice
+    in one mapping is an error: PyYAML would silently keep the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # PyYAML itself refuses keys it cannot hash
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice (first on line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

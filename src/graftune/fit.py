@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -13,32 +13,16 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from torch import nn
 
-from graftune.checkpoint import save_checkpoint
+from graftune.checkpoint import Checkpoints, FitState, LoopState
 from graftune.config import TrainConfig
+from graftune.faults import reached
 from graftune.features import EpochLoaders
 from graftune.loop import Evaluation, StepFn, evaluate, train_one_epoch
 from graftune.optim import current_lrs
 from graftune.progress import progress_bar
-from graftune.rundir import RunDir
 from graftune.sampling import ShuffledBatches
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage
-
-
-@dataclass
-class FitState:
-    """Loop state saved in every checkpoint, including where the run is in its strategy."""
-
-    epoch: int = 0
-    best_epoch: int = 0
-    best_score: float | None = None
-    bad_epochs: int = 0  # epochs without improvement in the current stage
-    stopped_early: bool = False
-    stage: int = 0
-    stage_start: int = 1  # first epoch of the current stage
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -56,8 +40,8 @@ class Trainee:
 
     model: nn.Module
     optimizer: Any  # Accelerate's wrapper; `.optimizer` is the torch optimizer that stages grow
-    scheduler: Any
     accelerator: Any
+    loop: LoopState  # where the run is and the current stage's schedule: checkpointed with the model
     loaders: EpochLoaders  # live, or cached body encodings while only the head trains
     batches: ShuffledBatches  # the training batches of every epoch, cached or live
     step: StepFn  # the task's loss of a batch
@@ -65,6 +49,8 @@ class Trainee:
     grad_clip: float | None
     switch: StageSwitch
     steps_per_epoch: int
+    checkpoints: Checkpoints
+    rows: list[dict[str, Any]]  # metrics.jsonl so far: committed with every checkpoint
     penalty: Callable[[], torch.Tensor] | None = None
 
 
@@ -82,55 +68,67 @@ def stage_over(stage: Stage, state: FitState) -> bool:
     return stage.plateau_patience is not None and state.bad_epochs >= stage.plateau_patience
 
 
-def fit(trainee: Trainee, train_cfg: TrainConfig, monitor: Monitor, run: RunDir, state: FitState,
-        console: Console) -> FitState:
-    """Train from `state.epoch + 1`, walking the strategy's stages, until the last epoch or early stop."""
-    stages = trainee.switch.stages
+def fit(trainee: Trainee, train_cfg: TrainConfig, monitor: Monitor, console: Console) -> FitState:
+    """Train from the epoch after `trainee.loop.fit.epoch`, walking the strategy's stages, until the last
+    epoch or an early stop; every epoch ends with its checkpoint committed."""
+    state = trainee.loop.fit
     for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
-        set_seed(train_cfg.seed * 1_000 + epoch)  # augmentation and dropout: same draws on resume
-        started = time.perf_counter()
-        feed = trainee.loaders.for_epoch()
-        train_loader, val_loader = feed.train, feed.val
-        # Accelerate's loader re-sets the sampler's epoch from its own per-process counter on every
-        # iteration; telling the loader keeps shuffles tied to the epoch, so a resumed run matches.
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        trainee.batches.set_epoch(epoch)
-        stage = stages[state.stage]
-        row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "stage_index": state.stage,
-                               **trainee.switch.describe(), "cached_features": feed.cached}
-        with progress_bar(train_cfg.progress, f"epoch {epoch}/{train_cfg.epochs} ({stage.name})",
-                          len(train_loader) + len(val_loader)) as advance:
-            train_loss = train_one_epoch(trainee.model, train_loader, trainee.optimizer, trainee.scheduler,
-                                         trainee.accelerator, trainee.step, trainee.grad_clip, advance,
-                                         trainee.penalty)
-            val = trainee.validation_metrics(evaluate(trainee.model, val_loader, trainee.step, trainee.accelerator,
-                                                      advance))
-        row.update({"train_loss": train_loss, "lr": current_lrs(trainee.optimizer), **val,
-                    "seconds": round(time.perf_counter() - started, 3)})
-        state.epoch = epoch
-        score = val[monitor.metric]
+        row = _epoch(trainee, train_cfg, epoch)
+        score = row[monitor.metric]
         better = improved(score, state.best_score, monitor.mode)
+        state.epoch = epoch
         if better:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
         else:
             state.bad_epochs += 1
-        last_stage = state.stage == len(stages) - 1
+        stage = trainee.switch.stages[state.stage]
+        last_stage = state.stage == len(trainee.switch.stages) - 1
         if not last_stage and epoch < train_cfg.epochs and stage_over(stage, state):
             _next_stage(trainee, state)
+            reached("stage", epoch)
         state.stopped_early = last_stage and monitor.patience is not None and state.bad_epochs >= monitor.patience
-        if trainee.accelerator.is_main_process:
-            run.append_metrics(row)
-            save_checkpoint(run.last, trainee.accelerator.unwrap_model(trainee.model), trainee.optimizer,
-                            trainee.scheduler, state.to_json(), best=run.best if better else None)
+        trainee.rows.append(row)
+        trainee.checkpoints.commit(trainee.accelerator, epoch, trainee.rows, best=better)
         shown = "" if monitor.metric == "val_loss" else f"  {monitor.metric} {score:.4f}"
-        console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {train_loss:.4f}  "
-                      f"val_loss {val['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)")
+        console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {row['train_loss']:.4f}  "
+                      f"val_loss {row['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)")
         if state.stopped_early:
             console.print(f"stopping early: {monitor.metric} has not improved for {monitor.patience} epochs "
                           f"(best {state.best_score:.4f} at epoch {state.best_epoch})")
             break
     return state
+
+
+def _epoch(trainee: Trainee, train_cfg: TrainConfig, epoch: int) -> dict[str, Any]:
+    """Train and validate one epoch; return its metrics row."""
+    set_seed(train_cfg.seed * 1_000 + epoch)  # augmentation and dropout: same draws on resume
+    started = time.perf_counter()
+    state, stage = trainee.loop.fit, trainee.switch.stages[trainee.loop.fit.stage]
+    feed = trainee.loaders.for_epoch()
+    # Accelerate's loader re-sets the sampler's epoch from its own per-process counter on every
+    # iteration; telling the loader keeps shuffles tied to the epoch, so a resumed run matches.
+    if hasattr(feed.train, "set_epoch"):
+        feed.train.set_epoch(epoch)
+    trainee.batches.set_epoch(epoch)
+    row: dict[str, Any] = {"epoch": epoch, "stage": stage.name, "stage_index": state.stage,
+                           **trainee.switch.describe(), "cached_features": feed.cached}
+    with progress_bar(train_cfg.progress, f"epoch {epoch}/{train_cfg.epochs} ({stage.name})",
+                      len(feed.train) + len(feed.val)) as advance:
+        batches = {"seen": 0}
+
+        def progress() -> None:
+            advance()
+            batches["seen"] += 1
+            if batches["seen"] == 1:
+                reached("train", epoch)
+
+        train_loss = train_one_epoch(trainee.model, feed.train, trainee.optimizer, trainee.loop.scheduler,
+                                     trainee.accelerator, trainee.step, trainee.grad_clip, progress, trainee.penalty)
+        val = trainee.validation_metrics(evaluate(trainee.model, feed.val, trainee.step, trainee.accelerator,
+                                                  advance))
+    row.update({"train_loss": train_loss, "lr": current_lrs(trainee.optimizer), **val,
+                "seconds": round(time.perf_counter() - started, 3)})
+    return row
 
 
 def _next_stage(trainee: Trainee, state: FitState) -> None:
@@ -140,6 +138,11 @@ def _next_stage(trainee: Trainee, state: FitState) -> None:
     state.bad_epochs = 0  # newly unfrozen layers get their own patience
     optimizer = trainee.optimizer.optimizer
     trainee.switch.enter(state.stage, optimizer)
-    if trainee.accelerator.num_processes > 1:  # DDP registers gradient hooks only for trainable parameters
-        trainee.model = trainee.accelerator.prepare_model(trainee.accelerator.unwrap_model(trainee.model))
-    trainee.scheduler = trainee.switch.schedule(state.stage, optimizer, state.stage_start, trainee.steps_per_epoch)
+    accelerator = trainee.accelerator
+    if accelerator.num_processes > 1:  # DDP registers gradient hooks only for trainable parameters
+        wrapped = trainee.model
+        trainee.model = accelerator.prepare_model(accelerator.unwrap_model(wrapped))
+        # Accelerate checkpoints every model it prepared; the old wrapper is no longer the run's model.
+        accelerator._models = [m for m in accelerator._models if m is not wrapped]
+    trainee.loop.scheduler = trainee.switch.schedule(state.stage, optimizer, state.stage_start,
+                                                     trainee.steps_per_epoch)

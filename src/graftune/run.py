@@ -1,17 +1,20 @@
 """One fine-tuning run, for any task: set up one resource at a time, train, save (the shape of torchtune's
 recipes). The path does not branch on the task; the task plugs in through graftune/tasks/base.py.
 
-    run = Run.start(cfg, "runs/news", console)     # or Run.resume("runs/news", console)
+    run = Run.start(cfg, "runs/news", overwrite=False, console=console)   # or Run.resume("runs/news", ...)
     run.train()
     result = run.save()
 
 `setup` reads the data, loads the backbone, resolves the settings, builds the model, the optimizer and
 schedule, the loaders, the accelerator and the feature cache, and, when resuming, loads the last
-checkpoint: resume is handled there and nowhere else.
+checkpoint: resume is handled there and nowhere else. A new run is set up in a hidden folder that
+becomes the run folder only when setup succeeded (rundir.py).
 """
 
 from __future__ import annotations
 
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +28,16 @@ from torch.utils.data import DataLoader
 
 from graftune.artifacts import save_model_folder
 from graftune.backbones import Backbone
-from graftune.checkpoint import checkpoint_state, has_checkpoint, load_checkpoint
+from graftune.backbones.sources import require_trust
+from graftune.checkpoint import Checkpoints, FitState, LoopState
 from graftune.config import Config, load_config
+from graftune.data import record
 from graftune.data.inputs import input_encoder
 from graftune.data.readers import read_unlabelled
 from graftune.errors import UserError
+from graftune.faults import reached
 from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, default_cache_dir
-from graftune.fit import FitState, Monitor, Trainee, fit
+from graftune.fit import Monitor, Trainee, fit
 from graftune.freezing import frozen_parameter_names
 from graftune.grafted import GraftedModel, parameter_summary
 from graftune.loaders import eval_batches, eval_loader, input_lengths
@@ -39,7 +45,7 @@ from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
 from graftune.plots import learning_curves
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
-from graftune.rundir import RunDir
+from graftune.rundir import RunDir, replace_folder
 from graftune.sampling import ShuffledBatches, sorted_batches
 from graftune.settings import load_configured_backbone, resolve_settings, run_preprocess
 from graftune.staging import StageSwitch
@@ -47,6 +53,9 @@ from graftune.strategies import Stage, plan, trainable_group_count
 from graftune.tasks import get_task
 from graftune.tasks.base import Task, TaskData
 from graftune.weights import load_weights
+
+# Settings a resume may change: they decide how long or how visibly the run goes on, not what it learns.
+RESUMABLE = ("train.epochs", "train.early_stopping.patience", "train.progress", "train.num_workers", "cache.dir")
 
 
 @dataclass
@@ -59,16 +68,26 @@ class RunResult:
     epochs_run: int
 
 
-def train_run(cfg: Config, out: str | Path, overwrite: bool = False, console: Console | None = None) -> RunResult:
+@dataclass(frozen=True)
+class Permissions:
+    """What the user allowed for this invocation only; recorded nowhere, so a resume asks again."""
+
+    trust_code: bool = False  # import code that a run folder or a run's config names
+    accept_changed_data: bool = False  # resume on the recorded split although files changed
+
+
+def train_run(cfg: Config, out: str | Path, overwrite: bool = False, console: Console | None = None,
+              permissions: Permissions = Permissions()) -> RunResult:
     """Fine-tune as `cfg` says and write everything into the run folder `out`."""
-    run = Run.start(cfg, out, overwrite, console or Console(stderr=True))
+    run = Run.start(cfg, out, overwrite, console or Console(stderr=True), permissions)
     run.train()
     return run.save()
 
 
-def resume_run(out: str | Path, console: Console | None = None) -> RunResult:
-    """Continue an interrupted run from its last checkpoint, with its own resolved settings."""
-    run = Run.resume(out, console or Console(stderr=True))
+def resume_run(out: str | Path, overrides: list[str] | None = None, console: Console | None = None,
+               permissions: Permissions = Permissions()) -> RunResult:
+    """Continue an interrupted run from its last checkpoint, with its own settings and recorded split."""
+    run = Run.resume(out, console or Console(stderr=True), overrides, permissions)
     run.train()
     return run.save()
 
@@ -76,31 +95,48 @@ def resume_run(out: str | Path, console: Console | None = None) -> RunResult:
 class Run:
     """A run folder and everything one training in it needs (see the module docstring)."""
 
-    def __init__(self, folder: RunDir, console: Console) -> None:
-        self.folder, self.console = folder, console
+    def __init__(self, folder: RunDir, console: Console, permissions: Permissions) -> None:
+        self.folder, self.console, self.permissions = folder, console, permissions
+        self.resume_note: dict[str, Any] = {}
 
     @classmethod
-    def start(cls, cfg: Config, out: str | Path, overwrite: bool, console: Console) -> Run:
-        folder = RunDir(out)
-        folder.create(overwrite=overwrite)
-        run = cls(folder, console)
-        run.setup(cfg, resume=False)
+    def start(cls, cfg: Config, out: str | Path, overwrite: bool, console: Console,
+              permissions: Permissions = Permissions()) -> Run:
+        target = RunDir(out)
+        staged = target.stage(overwrite)
+        run = cls(staged, console, permissions)
+        try:
+            run.setup(cfg, resume=False)
+        except BaseException:
+            staged.discard()
+            raise
+        target.adopt(staged)
+        run.folder = target
         return run
 
     @classmethod
-    def resume(cls, out: str | Path, console: Console) -> Run:
-        folder = RunDir(out)
-        if not folder.config.is_file():
-            raise UserError(f"{folder.path}: no config.yaml here; not a graftune run to resume.")
-        run = cls(folder, console)
-        run.setup(load_config(folder.config), resume=True)
+    def resume(cls, out: str | Path, console: Console, overrides: list[str] | None = None,
+               permissions: Permissions = Permissions()) -> Run:
+        folder = RunDir(out).require_resumable()
+        saved = load_config(folder.config)
+        if saved.model.source.startswith("module:") or saved.model.trust_remote_code:
+            spec = saved.model.source + (" with model.trust_remote_code" if saved.model.trust_remote_code else "")
+            require_trust(spec, folder.config, permissions.trust_code)
+        cfg, changed = _resume_settings(saved, overrides or [])
+        run = cls(folder, console, permissions)
+        run.resume_note = {"changed": changed} if changed else {}
+        run.setup(cfg, resume=True)
         return run
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.folder.checkpoints, self.folder.metrics)
 
     # --- setup, one resource at a time ------------------------------------------------------------------
 
     def setup(self, cfg: Config, resume: bool) -> None:
         set_seed(cfg.train.seed)
-        self._setup_data(cfg)
+        self._setup_data(cfg, resume)
         self._setup_backbone(cfg)
         self._setup_model()
         self._setup_state(resume)
@@ -114,13 +150,24 @@ class Run:
         else:
             self._record()
 
-    def _setup_data(self, cfg: Config) -> None:
+    def _setup_data(self, cfg: Config, resume: bool) -> None:
+        """The task's data; on resume, the split recorded at the start, taken from the data as it is now."""
         self.task_type: type[Task] = get_task(cfg.task)
-        self.data: TaskData = self.task_type.read_data(cfg.data)
+        data = self.task_type.read_data(cfg.data)
+        if resume:
+            saved = self.folder.read_json(self.folder.splits)
+            splits, changes = record.restore(saved, data.splits, self.task_type.modality,
+                                             self.permissions.accept_changed_data, self.folder.splits)
+            if changes:
+                self.resume_note["accepted_data_changes"] = {"changed": changes.changed, "missing": changes.missing,
+                                                             "new": changes.new}
+                self.console.print(f"resuming on the recorded split as the data now is: {changes.describe()}")
+            data = TaskData(splits, saved.get("schema") or data.schema)
+        self.data: TaskData = data
 
     def _setup_backbone(self, cfg: Config) -> None:
         """Load the backbone, then decide every default of the run for it, once."""
-        backbone = load_configured_backbone(cfg)
+        backbone = load_configured_backbone(cfg, self.permissions.trust_code)
         if backbone.modality != self.task_type.modality:
             raise UserError(f"model.source: '{cfg.model.source}' is a {backbone.modality} model, but the task "
                             f"'{cfg.task}' reads {self.task_type.modality}s. Choose a {self.task_type.modality} model.")
@@ -140,12 +187,16 @@ class Run:
         self.switch = StageSwitch(self.model, groups, self.stages, never, settings.freeze.batchnorm,
                                   settings.optim.weight_decay, 0.0 if anchored(settings.regularize) else None,
                                   settings.train.epochs)
+        _check_batchnorm_batches(self.model, settings)
 
     def _setup_state(self, resume: bool) -> None:
-        """The loop state (a checkpoint's when resuming) and the optimizer of its stage."""
-        self.resuming = resume and has_checkpoint(self.folder.last)
-        self.state = FitState(**checkpoint_state(self.folder.last)) if self.resuming else FitState()
-        self.optimizer: Any = self.switch.replay(self.state.stage)  # Accelerate wraps it in setup_accelerator
+        """The loop state (the last checkpoint's when resuming) and the optimizer of its stage."""
+        self.latest = self.checkpoints.latest() if resume else None
+        self.fit_state = self.checkpoints.loop_state(self.latest)[0] if self.latest else FitState()
+        if self.fit_state.epoch > self.settings.train.epochs:
+            raise UserError(f"train.epochs={self.settings.train.epochs}: this run has already trained "
+                            f"{self.fit_state.epoch} epochs. Give more epochs, or none, to --resume.")
+        self.optimizer: Any = self.switch.replay(self.fit_state.stage)  # Accelerate wraps it in setup_accelerator
 
     def _setup_loaders(self) -> None:
         task, train = self.task, self.settings.train
@@ -175,8 +226,10 @@ class Run:
         self.prepared, self.optimizer, self.train_loader, self.val_loader, self.test_loader = self.accelerator.prepare(
             self.model, self.optimizer, self.train_loader, self.val_loader, self.test_loader)
         self.steps_per_epoch = -(-len(self.train_loader) // train.grad_accum)
-        self.scheduler = self.switch.schedule(self.state.stage, self.optimizer.optimizer, self.state.stage_start,
-                                              self.steps_per_epoch)
+        scheduler = self.switch.schedule(self.fit_state.stage, self.optimizer.optimizer, self.fit_state.stage_start,
+                                         self.steps_per_epoch)
+        self.loop = LoopState(self.fit_state, scheduler)
+        self.accelerator.register_for_checkpointing(self.loop)
 
     def _setup_regularization(self) -> None:
         """L2-SP / EWC anchors are the pre-trained weights: taken here, before a checkpoint is loaded."""
@@ -216,19 +269,32 @@ class Run:
         return self.settings.cache.views if self.task.augment else 1
 
     def _load_checkpoint(self) -> None:
-        if not self.resuming:  # stopped before its first checkpoint: it starts from epoch 1
-            return
-        load_checkpoint(self.folder.last, self.accelerator.unwrap_model(self.prepared), self.optimizer,
-                        self.scheduler)
-        self.folder.truncate_metrics(self.state.epoch)
-        self.console.print(f"resuming after epoch {self.state.epoch}, in stage {self.stages[self.state.stage].name}")
+        """Resume: the last committed epoch's state and rows (none before the first commit), and a record of
+        what this resume changed."""
+        checkpoints = self.checkpoints
+        checkpoints.tidy()  # what a kill left half-written
+        if self.latest is None:
+            self.rows: list[dict[str, Any]] = []
+            self.folder.write_text(self.folder.metrics, "")
+            self.console.print("resuming from the start: no epoch was checkpointed")
+        else:
+            self.rows = checkpoints.restore(self.accelerator, self.latest)
+            self.console.print(f"resuming after epoch {self.fit_state.epoch}, in stage "
+                               f"{self.stages[self.fit_state.stage].name}")
+        if self.resume_note:
+            self.folder.write_text(self.folder.config, self.settings.to_yaml())
+            history = self.folder.read_json(self.folder.resumes) if self.folder.resumes.is_file() else []
+            entry = {"after_epoch": self.fit_state.epoch, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.resume_note}
+            self.folder.write_json(self.folder.resumes, [*history, entry])
 
     def _record(self) -> None:
         """What a new run writes before its first epoch: the resolved settings, the split, the strategy."""
         data = self.settings.data
-        self.folder.config.write_text(self.settings.to_yaml())
+        self.rows = []
+        self.folder.write_text(self.folder.config, self.settings.to_yaml())
         seed = data.split.seed if data.val is None else None
-        self.folder.write_json(self.folder.splits, self.data.splits.record(seed))
+        self.folder.write_json(self.folder.splits, record.record(self.data.splits, self.task.modality, seed,
+                                                                  self.data.schema))
         self.folder.write_json(self.folder.strategy, {"name": self.settings.strategy.name,
                                                       "stages": [stage.to_json() for stage in self.stages],
                                                       "groups": [group.name for group in self.backbone.groups]})
@@ -247,31 +313,30 @@ class Run:
 
     def train(self) -> FitState:
         """Run the epochs left (none when a resumed run had already finished them)."""
-        train = self.settings.train
-        if not self.state.stopped_early and self.state.epoch < train.epochs:
-            trainee = Trainee(self.prepared, self.optimizer, self.scheduler, self.accelerator, self.loaders,
-                              self.batches, self.task.step, self.task.validation_metrics,
-                              self.settings.optim.grad_clip, self.switch, self.steps_per_epoch, self.penalty)
-            metric = str(train.early_stopping.metric)
-            monitor = Monitor(metric, self.task.metrics[metric], train.early_stopping.patience)
-            self.state = fit(trainee, train, monitor, self.folder, self.state, self.console)
-            self.prepared = trainee.model  # a stage change may have prepared the model again
-        return self.state
+        train, state = self.settings.train, self.fit_state
+        if state.stopped_early or state.epoch >= train.epochs:
+            return state
+        trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
+                          self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
+                          self.steps_per_epoch, self.checkpoints, self.rows, self.penalty)
+        metric = str(train.early_stopping.metric)
+        fit(trainee, train, Monitor(metric, self.task.metrics[metric], train.early_stopping.patience), self.console)
+        self.prepared = trainee.model  # a stage change may have prepared the model again
+        return state
 
     def save(self) -> RunResult:
         """Restore the best weights, score the test split, save the model folder, results and plots."""
-        folder, state, task = self.folder, self.state, self.task
+        folder, state, task = self.folder, self.fit_state, self.task
+        if not self.checkpoints.best.is_file():
+            raise UserError(f"{self.checkpoints.best}: missing, so the run's best weights are lost; start a new run.")
         model = self.accelerator.unwrap_model(self.prepared)
-        load_weights(model, folder.best / "model.safetensors")
+        load_weights(model, self.checkpoints.best)
         test = task.test_results(evaluate(self.prepared, self.test_loader, task.step, self.accelerator))
+        reached("save:tested", state.epoch)
         metric = str(self.settings.train.early_stopping.metric)
         if self.accelerator.is_main_process:
-            source = self.settings.model.source
-            if self.settings.strategy.name == "lora":  # the adapter for sharing, merged weights for plain loading
-                save_adapter(model, folder.model)
-                merge(model)
-            save_model_folder(folder.model, model, self.backbone, task, self.preprocess,
-                              parent=source if source.startswith("run:") else None)
+            self._save_model(model)
+            reached("save:model", state.epoch)
             folder.write_json(folder.results, {"test": test, "strategy": self.settings.strategy.name,
                                                "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                                                "stopped_early": state.stopped_early,
@@ -282,6 +347,53 @@ class Run:
         self.console.print(f"test {task.summary(test)}; best epoch {state.best_epoch}")
         self.console.print(f"run saved in {folder.path}")
         return RunResult(folder.path, test, state.best_epoch, state.epoch)
+
+    def _save_model(self, model: GraftedModel) -> None:
+        """The model folder, written under a temporary name and renamed: never half of one."""
+        staged = self.folder.path / ".model.tmp"
+        shutil.rmtree(staged, ignore_errors=True)  # left by a run killed while saving
+        if self.settings.strategy.name == "lora":  # the adapter for sharing, merged weights for plain loading
+            save_adapter(model, staged)
+            merge(model)
+        source = self.settings.model.source
+        save_model_folder(staged, model, self.backbone, self.task, self.preprocess,
+                          parent=source if source.startswith("run:") else None)
+        replace_folder(staged, self.folder.model)
+
+
+def _resume_settings(saved: Config, overrides: list[str]) -> tuple[Config, dict[str, list[Any]]]:
+    """The saved settings with the overrides a resume may make; any other override is refused by name."""
+    changed_cfg = load_config(None, overrides, base=saved.model_dump(mode="json")) if overrides else saved
+    before, after = saved.model_dump(mode="json"), changed_cfg.model_dump(mode="json")
+    changed = {key: [_at(before, key), _at(after, key)] for key in _changed_keys(before, after)}
+    refused = [key for key in changed if key not in RESUMABLE]
+    if refused:
+        raise UserError(f"--resume continues a run with its own settings; {', '.join(refused)} cannot change (that "
+                        f"would make it another run). A resume may change {', '.join(RESUMABLE)}; for anything else "
+                        "start a new run with --out.")
+    return changed_cfg, changed
+
+
+def _changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [key for name in after for key in _changed_keys(before.get(name), after[name], f"{prefix}{name}.")]
+    return [prefix.rstrip(".")] if before != after else []
+
+
+def _at(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _check_batchnorm_batches(model: GraftedModel, settings: Config) -> None:
+    """BatchNorm cannot train on one example per batch: refuse batch size 1 where a BatchNorm would train."""
+    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.body.modules())
+    policy, name = settings.freeze.batchnorm, settings.strategy.name
+    trains = policy == "train" or (policy == "frozen" and name != "linear-probe")
+    if settings.train.batch_size == 1 and has_batchnorm and trains:
+        raise UserError("train.batch_size=1: the body's BatchNorm layers cannot train on one example per batch. "
+                        "Use a batch size of 2 or more, freeze.batchnorm=affine-only, or strategy linear-probe.")
 
 
 def _stage_line(stage: Stage) -> str:

@@ -1,58 +1,69 @@
-"""The run directory: the unit of output every later command reads.
+"""The run directory: the unit of output every later command reads, and the only place graftune writes.
 
-    RUN/config.yaml          resolved config
-    RUN/data_splits.json     which example went to train / val / test, and the seed
-    RUN/model/               the fine-tuned model (see artifacts.py)
-    RUN/checkpoints/         last/ (full training state for --resume) and best/ (weights)
+    RUN/.graftune-run        the marker: graftune made this folder
+    RUN/config.yaml          resolved settings
+    RUN/data_splits.json     which example went to train / val / test (with a digest of each), the schema
+    RUN/strategy.json        the strategy's stages and the layer groups
     RUN/metrics.jsonl        one JSON object per epoch
+    RUN/checkpoints/         epoch-N/ and last.json (training state for --resume), best/ (weights)
+    RUN/model/               the fine-tuned model (see artifacts.py)
     RUN/results.json         final test metrics
-    RUN/plots/               learning_curves.png, confusion_matrix.png
+    RUN/resumes.json         what each --resume changed or accepted
+    RUN/plots/               learning curves and the task's plots
+
+graftune writes only into folders it made: a new run is set up in a hidden sibling folder and moved
+into place once its setup succeeded, so a failed start leaves nothing behind, and `--overwrite`
+removes an old run only then, and only a folder with the marker that holds nothing graftune did not
+write. `--resume` needs the marker and the files a run starts with.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from graftune.errors import UserError
 
-MARKER = ".graftune-run"  # written first: only folders with it (or a saved model) are runs
+MARKER = ".graftune-run"
+MARKER_TEXT = "graftune run directory\n"
+ENTRIES = {MARKER, "config.yaml", "data_splits.json", "strategy.json", "metrics.jsonl", "results.json",
+           "resumes.json", "model", "checkpoints", "plots"}
 
 
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.created_parents: list[Path] = []  # a staged run's: the parent folders made for it
 
     config = property(lambda self: self.path / "config.yaml")
     splits = property(lambda self: self.path / "data_splits.json")
     model = property(lambda self: self.path / "model")
-    last = property(lambda self: self.path / "checkpoints" / "last")
-    best = property(lambda self: self.path / "checkpoints" / "best")
+    checkpoints = property(lambda self: self.path / "checkpoints")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     results = property(lambda self: self.path / "results.json")
     strategy = property(lambda self: self.path / "strategy.json")
+    resumes = property(lambda self: self.path / "resumes.json")
     plots = property(lambda self: self.path / "plots")
 
-    def create(self, overwrite: bool = False) -> None:
-        """Make a fresh run folder. Never touches an existing one unless `overwrite`, and never deletes
-        a folder that is not a graftune run, even then."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            if not overwrite:
-                raise UserError(f"{self.path}: run directory exists. Choose another --out, continue it with "
-                                "--resume, or replace it with --overwrite.")
-            if not self.is_run():
-                raise UserError(f"{self.path}: exists and is not a graftune run; refusing to delete it. "
-                                "Choose another --out.")
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / MARKER).write_text("graftune run directory\n")
+    # --- what the folder is -----------------------------------------------------------------------------
 
     def is_run(self) -> bool:
-        return (self.path / MARKER).is_file() or (self.path / "model" / "graftune.json").is_file()
+        marker = self.path / MARKER
+        try:
+            return marker.is_file() and marker.read_text(errors="replace") == MARKER_TEXT
+        except OSError:
+            return False
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the folder that graftune never writes (its own temporary names aside)."""
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name not in ENTRIES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
     def require(self) -> RunDir:
+        """A finished run, for evaluate, predict and `run:` sources."""
         if not self.path.is_dir():
             raise UserError(f"{self.path}: run directory not found.")
         if not self.model.is_dir():
@@ -60,22 +71,115 @@ class RunDir:
                             f"Finish it with `graftune train --resume {self.path}`.")
         return self
 
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+    def require_resumable(self) -> RunDir:
+        if not self.path.is_dir():
+            raise UserError(f"{self.path}: run directory not found.")
+        if not self.is_run():
+            raise UserError(f"{self.path}: not a graftune run (no {MARKER} marker); --resume continues only runs "
+                            "graftune made, and leaves this folder as it is.")
+        missing = [name for name in ("config.yaml", "data_splits.json") if not (self.path / name).is_file()]
+        if missing:
+            raise UserError(f"{self.path}: {' and '.join(missing)} missing; this run cannot be resumed. Start a new "
+                            "run with --out.")
+        return self
+
+    # --- a new run --------------------------------------------------------------------------------------
+
+    def stage(self, overwrite: bool) -> RunDir:
+        """A fresh, hidden sibling folder to set the run up in, after refusing what must not be touched."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: exists and is a file. Choose another --out.")
+        if path.is_dir() and any(path.iterdir()):
+            if not overwrite:
+                raise UserError(f"{path}: run directory exists. Choose another --out, continue it with "
+                                "--resume, or replace it with --overwrite.")
+            if not self.is_run():
+                raise UserError(f"{path}: exists and is not a graftune run (no {MARKER} marker); refusing to "
+                                "replace it. Choose another --out.")
+            foreign = self.foreign_entries()
+            if foreign:
+                raise UserError(f"{path}: holds files graftune did not write ({', '.join(foreign[:5])}); refusing "
+                                "to delete them with --overwrite. Move them away or choose another --out.")
+        staged = RunDir(path.parent / f".{path.name}.graftune-new")
+        try:
+            created = _make_parents(path.parent)
+            shutil.rmtree(staged.path, ignore_errors=True)
+            staged.path.mkdir()
+            (staged.path / MARKER).write_text(MARKER_TEXT)
+        except OSError as err:
+            raise UserError(f"{path}: cannot create the run folder ({err.strerror}). Choose another --out.") from None
+        staged.created_parents = created
+        return staged
+
+    def adopt(self, staged: RunDir) -> None:
+        """Move a staged run into place, replacing an old run (already checked by `stage`)."""
+        old = self.path.parent / f".{self.path.name}.graftune-old"
+        if self.path.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.path, old)
+        os.replace(staged.path, self.path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove a staged run whose setup failed, and the parent folders made for it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in reversed(self.created_parents):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    # --- files ------------------------------------------------------------------------------------------
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        try:
+            return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        except ValueError as err:
+            raise UserError(f"{self.metrics}: damaged ({err}).") from None
 
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop rows past `last_epoch`: on resume, epochs after the last checkpoint are redone."""
-        rows = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
-        self.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def read_json(self, path: Path) -> Any:
+        """A JSON file graftune wrote, or an error that names it."""
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing from the run.") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: damaged (not the JSON graftune writes: {err}).") from None
 
     def write_json(self, path: Path, data: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)  # atomic: a crash never leaves half a file
+        write_text_atomically(path, json.dumps(data, indent=2))
+
+    def write_text(self, path: Path, text: str) -> None:
+        write_text_atomically(path, text)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def replace_folder(staged: Path, final: Path) -> None:
+    """Put a folder written under a temporary name in place of `final`, which may exist."""
+    old = final.with_name(f".{final.name}.old.tmp")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p, returning the folders it made, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir()
+    return list(reversed(missing))

@@ -11,6 +11,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 from graftune.backbones import Backbone, load_backbone
 from graftune.config import Config
@@ -47,16 +49,33 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
     }
     if isinstance(backbone.preprocess, ImagePreprocess):
         values["data.image_size"] = backbone.preprocess.size
+    elif cfg.data.image_size:
+        raise UserError(f"data.image_size: {cfg.model.source} reads text; data.image_size is for image models. "
+                        "Remove it.")
     else:
         values["data.max_length"] = min(cfg.data.max_length, backbone.preprocess.max_length)
-    return task.resolve(cfg.updated(values), backbone)
+    if backbone.code:
+        values["model.code_path"] = backbone.code["path"]
+    return task.resolve(cfg.updated({**values, **_absolute_paths(cfg)}), backbone)
 
 
-def load_configured_backbone(cfg: Config) -> Backbone:
+def _absolute_paths(cfg: Config) -> dict[str, Any]:
+    """Every path in the config made absolute, so the run resumes and rebuilds from any working directory."""
+    keys = {"data.train": cfg.data.train, "data.val": cfg.data.val, "data.test": cfg.data.test,
+            "regularize.retain": cfg.regularize.retain, "model.weights": cfg.model.weights, "cache.dir": cfg.cache.dir}
+    values: dict[str, Any] = {key: str(Path(value).expanduser().resolve()) for key, value in keys.items() if value}
+    prefix, _, ref = cfg.model.source.partition(":")
+    if prefix in ("hf", "run") and ref and Path(ref).expanduser().exists():  # a local folder, not a hub id
+        values["model.source"] = f"{prefix}:{Path(ref).expanduser().resolve()}"
+    return values
+
+
+def load_configured_backbone(cfg: Config, trust_code: bool = False) -> Backbone:
     """The pre-trained backbone `model.source` names, loaded with the config's model and head options."""
     return load_backbone(cfg.model.source, weights=cfg.model.weights, kwargs=cfg.model.kwargs,
                          replace=cfg.head.replace, cut_at=cfg.head.cut_at, image_size=cfg.data.image_size,
-                         trust_remote_code=cfg.model.trust_remote_code)
+                         trust_remote_code=cfg.model.trust_remote_code, code_path=cfg.model.code_path,
+                         trust_code=trust_code)
 
 
 def run_preprocess(backbone: Backbone, settings: Config) -> Preprocess:

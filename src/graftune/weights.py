@@ -66,5 +66,16 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a file graftune wrote (checkpoint, best model, model folder) into the same architecture."""
-    model.load_state_dict(load_file(str(path)), strict=True)
+    """Load a file graftune wrote (checkpoint, best model, model folder) into the same architecture; keys of
+    a model saved inside DistributedDataParallel lose their `module.` prefix."""
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing. The run is incomplete; train it again.") from None
+    except Exception as err:  # safetensors reports damage as its own error type
+        raise UserError(f"{path}: damaged ({str(err)[:160]}). Train the model again.") from None
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{path}: not the weights of this model ({str(err).splitlines()[0][:200]}).") from None

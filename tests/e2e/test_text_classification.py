@@ -27,7 +27,7 @@ def text_run(bbc_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_run_directory_holds_everything_later_commands_need(text_run: Path) -> None:
     for name in ("config.yaml", "data_splits.json", "metrics.jsonl", "results.json", "model/model.safetensors",
                  "model/graftune.json", "model/body/config.json", "model/body/tokenizer.json",
-                 "checkpoints/best/model.safetensors", "checkpoints/last/optimizer.pt",
+                 "checkpoints/best/model.safetensors", "checkpoints/last.json", "checkpoints/epoch-0003/optimizer.bin",
                  "plots/learning_curves.png", "plots/confusion_matrix.png"):
         assert (text_run / name).is_file(), name
     rows = [json.loads(line) for line in (text_run / "metrics.jsonl").read_text().splitlines()]

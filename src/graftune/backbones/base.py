@@ -69,6 +69,8 @@ class Backbone:
     # at), so a saved run rebuilds exactly the same body.
     surgery: dict[str, Any] = field(default_factory=dict)
     build_kwargs: dict[str, Any] = field(default_factory=dict)  # a `module:` factory's keyword arguments
+    # Where a `module:` factory's code came from: {"path": import root, "file": ..., "sha256": ...}.
+    code: dict[str, str] | None = None
     feature_rank: int = 0  # dimensions of the body's output: 4 (maps), 3 (token states) or 2 (vectors)
 
     def probe(self) -> Backbone:

@@ -24,11 +24,6 @@ class Splits:
         """Class names in sorted order: index i of the head's output is labels()[i]."""
         return sorted({e.label for e in self.train})
 
-    def record(self, seed: int | None) -> dict[str, object]:
-        """What the run writes to data_splits.json so the split can be checked and reproduced."""
-        return {"seed": seed, **{name: {"count": len(part), "items": [e.where for e in part]}
-                                 for name, part in (("train", self.train), ("val", self.val), ("test", self.test))}}
-
 
 def read_splits(data: DataConfig, modality: Modality) -> Splits:
     """Read train (and val/test, when given) and split what is missing, stratified by label; check that
