@@ -1,92 +1,713 @@
-"""Bad input: one clear message naming the file, line or key, exit status 2, no traceback."""
+"""Bad input, as a table: every case runs the real CLI and must exit 2 with one message that names the
+file, line or key involved, print no traceback, and leave the user's files byte for byte as they were.
+
+Each row prepares its inputs in a fresh folder (the user's), runs one command, then checks. Add rows here
+for every new command and data form.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import helpers
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from rich.console import Console
 
+import graftune
 from tests.e2e.cli import run_cli
 
 pytestmark = pytest.mark.e2e
 
-TEXT = ["train", "--task", "text-classification", "--model", "minilm-l6", "--epochs", "1", "--freeze", "all"]
+
+@dataclass
+class Kit:
+    """What cases build on: data and finished runs, copied into each case's folder before use."""
+
+    text: Path  # 16 BBC News articles per topic, TOPIC/NNN.txt
+    images: Path  # noisy colour PNGs, three classes
+    bert: Path  # a tiny BERT with the real MiniLM tokenizer
+    text_run: Path  # finished: tiny BERT on the text data
+    image_run: Path  # finished: module:helpers:tiny_cnn on the images
 
 
-@pytest.fixture
-def news(bbc_folder: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "news"
-    shutil.copytree(bbc_folder, copy)
-    return copy
+@pytest.fixture(scope="module")
+def kit(bbc_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    root = tmp_path_factory.mktemp("kit")
+    images = helpers.write_colour_folders(root / "images")
+    bert = helpers.write_tiny_bert(root / "bert", mean_pooling=True)
+    quiet = Console(quiet=True)
+    graftune.train({**text_config(bbc_folder, bert), "train": {"epochs": 1, "progress": False}}, root / "text-run",
+                   console=quiet)
+    graftune.train({**image_config(images), "train": {"epochs": 1, "batch_size": 8, "progress": False}},
+                   root / "image-run", console=quiet)
+    return Kit(bbc_folder, images, bert, root / "text-run", root / "image-run")
 
 
-def expect_error(args: list[object], *fragments: str) -> str:
+def text_config(data: Path, bert: Path) -> dict[str, Any]:
+    return {"task": "text-classification", "model": {"source": f"hf:{bert}"},
+            "data": {"train": str(data), "max_length": 32}, "freeze": {"body": "all"}}
+
+
+def image_config(data: Path) -> dict[str, Any]:
+    return {"task": "image-classification", "model": {"source": "module:helpers:tiny_cnn"},
+            "data": {"train": str(data), "image_size": 16, "augment": False}, "freeze": {"body": 2}}
+
+
+# --- the cases ---------------------------------------------------------------------------------------------
+# Each case gets the user's folder and the kit, writes what it needs, and returns (arguments, fragments the
+# message must contain).
+
+Case = Callable[[Path, Kit], tuple[list[Any], list[str]]]
+CASES: dict[str, Case] = {}
+
+
+def case(name: str) -> Callable[[Case], Case]:
+    def register(function: Case) -> Case:
+        CASES[name] = function
+        return function
+
+    return register
+
+
+def copy(source: Path, user: Path, name: str) -> Path:
+    target = user / name
+    shutil.copytree(source, target)
+    return target
+
+
+def text_train(user: Path, kit: Kit, *extra: Any) -> list[Any]:
+    data = copy(kit.text, user, "news")
+    return ["train", "--task", "text-classification", "--model", f"hf:{kit.bert}", "--data", data, "--freeze",
+            "all", "--epochs", "1", "--out", user / "run", *extra]
+
+
+def image_train(user: Path, kit: Kit, *extra: Any) -> list[Any]:
+    data = copy(kit.images, user, "images")
+    return ["train", "--task", "image-classification", "--model", "module:helpers:tiny_cnn", "--data", data,
+            "--set", "data.image_size=16", "--epochs", "1", "--out", user / "run", *extra]
+
+
+def write_config(user: Path, text: str) -> Path:
+    path = user / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+# configs and flags
+
+
+@case("unknown model source")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    args[args.index(f"hf:{kit.bert}")] = "bert-from-nowhere"
+    return args, ["unknown model source 'bert-from-nowhere'", "minilm-l6"]
+
+
+@case("unknown config key")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    config = write_config(user, f"task: text-classification\nmodel:\n  source: hf:{kit.bert}\ndata:\n"
+                                f"  train: {kit.text}\noptim:\n  lrr: 0.001\n")
+    return ["train", config, "--out", user / "run"], [f"{config}:7", "optim.lrr", "Did you mean 'lr'"]
+
+
+@case("bad override value")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "train.epochs=many"), ["train.epochs"]
+
+
+@case("override without a value")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "train.epochs"), ["--set 'train.epochs'", "KEY=VALUE"]
+
+
+@case("YAML syntax error")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    config = write_config(user, "task: text-classification\nmodel: [unclosed\n")
+    return ["train", config, "--out", user / "run"], [f"{config}:3", "not valid YAML"]
+
+
+@case("key given twice in YAML")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    config = write_config(user, f"task: text-classification\nmodel: {{source: hf:{kit.bert}}}\ndata:\n"
+                                f"  train: {kit.text}\n  train: elsewhere\n")
+    return ["train", config, "--out", user / "run"], [f"{config}:5", "key 'train' given twice", "line 4"]
+
+
+@case("config that is not a mapping")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    config = write_config(user, "- task\n- model\n")
+    return ["train", config, "--out", user / "run"], [str(config), "must be a mapping"]
+
+
+@case("config file missing")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["train", user / "nope.yaml", "--out", user / "run"], [f"{user / 'nope.yaml'}: config file not found"]
+
+
+@case("unknown task")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    args[args.index("text-classification")] = "text-clasification"
+    return args, ["'task'", "Did you mean 'text-classification'"]
+
+
+@case("--data twice for train")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--data", kit.text), ["--data", "train data is given twice"]
+
+
+@case("--data with an unknown split")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--data", f"holdout={kit.text}"), [f"--data holdout={kit.text}"]
+
+
+@case("no --out")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    index = args.index("--out")
+    return args[:index] + args[index + 2:], ["--out RUN is required"]
+
+
+@case("nothing to train")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["train", "--out", user / "run"], ["give a CONFIG.yaml"]
+
+
+@case("model.weights on a preset")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit, "--set", f"model.weights={user / 'w.pt'}")
+    args[args.index(f"hf:{kit.bert}")] = "minilm-l6"
+    return args, ["model.weights", "'minilm-l6' does not use it", "module:"]
+
+
+@case("head.replace on a Transformers model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "head.replace=classifier"), ["head.replace", "does not use it"]
+
+
+@case("image size for a text model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "data.image_size=64"), ["data.image_size", "reads text"]
+
+
+@case("unknown text encoding")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "data.encoding=klingon"), ["data.encoding", "unknown text encoding"]
+
+
+@case("partial without K")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit, "--strategy", "partial")
+    args[args.index("all")] = "none"
+    return args, ["strategy partial needs freeze.body"]
+
+
+@case("a strategy that trains a body frozen whole")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--strategy", "full"), ["freeze.body=all keeps all of it frozen"]
+
+
+@case("more frozen groups than the model has")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    args[args.index("all")] = "99"
+    return args, ["freeze.body=99", "layer groups"]
+
+
+@case("a freeze pattern that matches nothing")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    args[args.index("all")] = "nomatch"
+    return args, ["freeze.body: 'nomatch' matches no parameter"]
+
+
+@case("a freeze pattern that is no regex")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    args[args.index("all")] = "layer[("
+    return args, ["freeze.body: 'layer[('", "not a valid regular expression"]
+
+
+@case("an early-stopping metric the task does not report")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "train.early_stopping.metric=val_bleu"), ["train.early_stopping.metric"]
+
+
+@case("EWC without retained inputs")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit, "--ewc", "1.0")
+    args[args.index("all")] = "none"
+    return args, ["regularize.ewc needs inputs", "--retain"]
+
+
+@case("mixup on text")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "regularize.mixup=0.4"), ["regularize.mixup"]
+
+
+@case("L2-SP with a frozen body")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--l2sp", "1.0"), ["regularize.l2sp", "linear-probe"]
+
+
+@case("custom strategy without stages")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit, "--strategy", "custom")
+    args[args.index("all")] = "none"
+    return args, ["strategy.stages"]
+
+
+@case("batches of one under BatchNorm")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return image_train(user, kit, "--batch-size", "1"), ["train.batch_size=1", "BatchNorm"]
+
+
+@case("--accept-changed-data without --resume")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--accept-changed-data"), ["--accept-changed-data is for --resume"]
+
+
+@case("factory keyword arguments it rejects")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return image_train(user, kit, "--set", "model.kwargs={colour: red}"), ["module:helpers:tiny_cnn",
+                                                                           "model.kwargs", "colour"]
+
+
+@case("a factory module that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = image_train(user, kit)
+    args[args.index("module:helpers:tiny_cnn")] = "module:no_such_package.models:build"
+    return args, ["module:no_such_package.models:build", "cannot import"]
+
+
+@case("a factory that returns no model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = image_train(user, kit)
+    args[args.index("module:helpers:tiny_cnn")] = "module:helpers:not_a_module"
+    return args, ["module:helpers:not_a_module", "not a torch.nn.Module"]
+
+
+@case("a weights file that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return image_train(user, kit, "--set", f"model.weights={user / 'car.pt'}"), [f"{user / 'car.pt'}: weights file"]
+
+
+@case("weights of another model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    weights = user / "ten.pt"
+    torch.save(helpers.tiny_cnn(num_classes=10).state_dict(), weights)
+    return image_train(user, kit, "--set", f"model.weights={weights}"), [str(weights), "other shapes"]
+
+
+@case("a layer to cut at that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return image_train(user, kit, "--set", "head.cut_at=layer22"), ["layer 'layer22' not found", "layer2"]
+
+
+@case("a text model for an image task")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = image_train(user, kit)
+    args[args.index("module:helpers:tiny_cnn")] = f"hf:{kit.bert}"
+    return args[:args.index("--set")] + args[args.index("--set") + 2:], ["model.source", "is a text model"]
+
+
+# data
+
+
+@case("data that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    args[args.index("--data") + 1] = user / "missing"
+    return args, [f"{user / 'missing'}: data not found"]
+
+
+@case("an empty text file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    (user / "news" / "tech" / "empty.txt").write_text("  \n")
+    return args, [f"{user / 'news' / 'tech' / 'empty.txt'}: empty text"]
+
+
+@case("a corrupt image")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = image_train(user, kit)
+    (user / "images" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n not really an image")
+    return args, [str(user / "images" / "red" / "broken.png"), "cannot read image"]
+
+
+@case("text in another encoding")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    (user / "news" / "tech" / "latin.txt").write_bytes("caf\xe9 society".encode("latin-1"))
+    return args, [f"{user / 'news' / 'tech' / 'latin.txt'}: not UTF-8 text (byte 3)", "data.encoding"]
+
+
+def table(user: Path, name: str, text: str) -> Path:
+    path = user / name
+    path.write_text(text)
+    return path
+
+
+def table_train(user: Path, kit: Kit, path: Path, *extra: Any) -> list[Any]:
+    return ["train", "--task", "text-classification", "--model", f"hf:{kit.bert}", "--data", path, "--freeze",
+            "all", "--out", user / "run", *extra]
+
+
+@case("a CSV column that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "reviews.csv", "review,label\ngreat film,pos\nawful film,neg\n")
+    return table_train(user, kit, path, "--set", "data.input_column=reveiw"), [
+        f"{path}:2", "no column 'reveiw'", "Did you mean 'review'"]
+
+
+@case("a CSV row without a label")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "reviews.csv", "text,label\ngreat film,pos\nawful film,\n")
+    return table_train(user, kit, path), [f"{path}:3", "empty label"]
+
+
+@case("a CSV row with more fields than the header")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "reviews.csv", "text,label\ngreat film,pos\nawful, truly awful film,neg\n")
+    return table_train(user, kit, path), [f"{path}:3", "more fields than the header"]
+
+
+@case("a JSONL line that is not JSON")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "reviews.jsonl", '{"text": "fine", "label": "a"}\n{"text": "broken", "label": \n')
+    return table_train(user, kit, path), [f"{path}:2:", "not valid JSON"]
+
+
+@case("a JSONL line that is no object")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "reviews.jsonl", '{"text": "fine", "label": "a"}\n["text", "b"]\n')
+    return table_train(user, kit, path), [f"{path}:2", "expected a JSON object"]
+
+
+@case("a CSV image that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "photos.csv", "image,label\nnowhere.png,cat\n")
+    args = ["train", "--task", "image-classification", "--model", "module:helpers:tiny_cnn", "--data", path,
+            "--out", user / "run"]
+    return args, [f"{path}:2", "nowhere.png not found"]
+
+
+@case("a label only validation has")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    helpers.write_text(user / "val" / "weather" / "1.txt", "Rain is expected across the north tomorrow.")
+    return [*args, "--data", f"val={user / 'val'}"], ["label 'weather'", "does not appear in the training data"]
+
+
+@case("a class too small to split")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    helpers.write_text(user / "news" / "weather" / "1.txt", "Sunny spells later.")
+    return args, ["class 'weather' has 1 example"]
+
+
+@case("a single class")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    for n in range(6):
+        helpers.write_text(user / "one" / "sport" / f"{n}.txt", f"Match report number {n}.")
+    return table_train(user, kit, user / "one"), ["found 1 class(es)", "at least 2"]
+
+
+@case("a class folder of files graftune cannot read")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = image_train(user, kit)
+    helpers.write_text(user / "images" / "purple" / "1.heic", "not decodable here")
+    return args, [str(user / "images" / "purple"), "has no image files", "1 .heic"]
+
+
+@case("a data format that does not match the path")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "data.format=csv"), ["data.format is 'csv', but this is a folder"]
+
+
+@case("a data file of an unknown kind")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "reviews.xlsx", "not a spreadsheet")
+    return table_train(user, kit, path), [f"{path}: unknown data format '.xlsx'"]
+
+
+@case("a folder without class folders")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "flat" / "a.txt", "loose file")
+    return table_train(user, kit, user / "flat"), [f"{user / 'flat'}: no class folders"]
+
+
+# where the run goes
+
+
+@case("--out under a file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "notes.txt").write_text("mine")
+    args = text_train(user, kit)
+    args[args.index("--out") + 1] = user / "notes.txt" / "run"
+    return args, [str(user / "notes.txt" / "run"), "cannot create the run folder"]
+
+
+@case("--out is a finished run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    copy(kit.text_run, user, "run")
+    return text_train(user, kit), [f"{user / 'run'}: run directory exists", "--overwrite"]
+
+
+@case("--overwrite on a folder that is no run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "run" / "thesis.tex", "years of work")
+    return text_train(user, kit, "--overwrite"), [f"{user / 'run'}: exists and is not a graftune run"]
+
+
+@case("--overwrite on a run holding the user's files")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    (run / "my-notes.txt").write_text("notes")
+    return text_train(user, kit, "--overwrite"), ["holds files graftune did not write (my-notes.txt)"]
+
+
+# evaluate and predict
+
+
+@case("predict: no run there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["predict", user / "no-such-run", "--text", "hello"], [f"{user / 'no-such-run'}: run directory not found"]
+
+
+@case("evaluate: no run there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["evaluate", user / "no-such-run", "--data", user], [f"{user / 'no-such-run'}: run directory not found"]
+
+
+@case("predict: a run that never finished")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    shutil.rmtree(run / "model")
+    return ["predict", run, "--text", "hello"], [f"{run}: no model/ folder", "--resume"]
+
+
+@case("predict: an input file that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["predict", copy(kit.text_run, user, "run"), user / "gone.txt"], [f"{user / 'gone.txt'}: input file"]
+
+
+@case("predict: text for an image model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["predict", copy(kit.image_run, user, "run"), "--text", "a cat", "--trust-code"], [
+        "--text is for text models"]
+
+
+@case("predict: a file that is no image")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    notes = helpers.write_text(user / "notes.txt", "hello")
+    return ["predict", copy(kit.image_run, user, "run"), notes, "--trust-code"], [f"{notes}: not an image file"]
+
+
+@case("predict: nothing to predict")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["predict", copy(kit.text_run, user, "run")], ["nothing to predict"]
+
+
+@case("predict: an empty text")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["predict", copy(kit.text_run, user, "run"), "--text", "   "], ["--text #1: empty text"]
+
+
+@case("predict: code the run folder names, not trusted")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.image_run, user, "run")
+    image = next((kit.images / "red").glob("*.png"))
+    return ["predict", run, image], [f"{run / 'model' / 'graftune.json'}", "module:helpers:tiny_cnn",
+                                     "--trust-code"]
+
+
+@case("evaluate: labels the model never saw")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "new" / "weather" / "1.txt", "Rain tomorrow.")
+    helpers.write_text(user / "new" / "tech" / "1.txt", "Chips got faster.")
+    return ["evaluate", copy(kit.text_run, user, "run"), "--data", user / "new"], [
+        str(user / "new"), "labels weather were not in the training data"]
+
+
+@case("evaluate: data that is not there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["evaluate", copy(kit.text_run, user, "run"), "--data", user / "gone"], [f"{user / 'gone'}: data not"]
+
+
+@case("a damaged graftune.json")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    (run / "model" / "graftune.json").write_text('{"format": 2, "task": ')
+    return ["predict", run, "--text", "hi"], [f"{run / 'model' / 'graftune.json'}: damaged"]
+
+
+@case("a model folder of another format")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    info = json.loads((run / "model" / "graftune.json").read_text())
+    (run / "model" / "graftune.json").write_text(json.dumps({**info, "format": 1}))
+    return ["predict", run, "--text", "hi"], [f"{run / 'model' / 'graftune.json'}: written in model format 1"]
+
+
+@case("damaged model weights")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    weights = run / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return ["evaluate", run, "--data", kit.text], [f"{weights}: damaged"]
+
+
+# resume
+
+
+def resumable(user: Path, kit: Kit) -> Path:
+    """A text run of two epochs, stopped after the first (its checkpoint made it resumable)."""
+    data = copy(kit.text, user, "news")
+    run = user / "run"
+    code, output = run_cli("train", "--task", "text-classification", "--model", f"hf:{kit.bert}", "--data", data,
+                           "--freeze", "all", "--epochs", "1", "--set", "data.max_length=32", "--out", run)
+    assert code == 0, output
+    return run
+
+
+@case("resume: a folder that is no run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "project" / "config.yaml", "database: postgres\n")
+    return ["train", "--resume", user / "project"], [f"{user / 'project'}: not a graftune run"]
+
+
+@case("resume: no folder there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["train", "--resume", user / "gone"], [f"{user / 'gone'}: run directory not found"]
+
+
+@case("resume: a flag that would change the run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["train", "--resume", resumable(user, kit), "--lr", "0.1"], ["--lr cannot be given with it"]
+
+
+@case("resume: a setting that would change the run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["train", "--resume", resumable(user, kit), "--set", "optim.weight_decay=0.5"], [
+        "optim.weight_decay cannot change"]
+
+
+@case("resume: fewer epochs than it ran")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    return ["train", "--resume", run, "--set", "train.epochs=0"], ["train.epochs"]
+
+
+@case("resume: a data file changed")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    article = sorted((user / "news" / "tech").glob("*.txt"))[0]
+    article.write_text(article.read_text() + " Edited later.")
+    return ["train", "--resume", run, "--epochs", "2"], ["data changed since this run started", "1 changed",
+                                                          article.name, "--accept-changed-data"]
+
+
+@case("resume: a data file removed")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    article = sorted((user / "news" / "sports").glob("*.txt"))[0]
+    article.unlink()
+    return ["train", "--resume", run, "--epochs", "2"], ["1 missing", article.name]
+
+
+@case("resume: a data file added")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    helpers.write_text(user / "news" / "sports" / "late.txt", "A late addition to the data.")
+    return ["train", "--resume", run, "--epochs", "2"], ["1 new", "late.txt"]
+
+
+@case("resume: code the run names, not trusted")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.image_run, user, "run")
+    return ["train", "--resume", run, "--epochs", "2"], [f"{run / 'config.yaml'}", "module:helpers:tiny_cnn",
+                                                         "--trust-code"]
+
+
+@case("resume: a damaged last.json")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    (run / "checkpoints" / "last.json").write_text("{oops")
+    return ["train", "--resume", run, "--epochs", "2"], [f"{run / 'checkpoints' / 'last.json'}: damaged"]
+
+
+@case("resume: a damaged config.yaml")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    (run / "config.yaml").write_text("task: text-classification\nmodel: {source: [\n")
+    return ["train", "--resume", run], [f"{run / 'config.yaml'}:3", "not valid YAML"]
+
+
+@case("resume: a damaged data_splits.json")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    (run / "data_splits.json").write_text('{"train": ')
+    return ["train", "--resume", run, "--epochs", "2"], [f"{run / 'data_splits.json'}: damaged"]
+
+
+@case("resume: a crafted loop state")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = resumable(user, kit)
+    state = run / "checkpoints" / "epoch-0001" / "custom_checkpoint_0.pkl"
+    state.write_bytes(pickle.dumps({"fit": Crafted(user / "pwned"), "scheduler": {}}, protocol=2))
+    return ["train", "--resume", run, "--epochs", "2"], [f"{state}: not a loop state graftune wrote"]
+
+
+class Crafted:
+    """A pickle that would create a file when unpickled in full."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.target,))
+
+
+# --- the check ---------------------------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root` with the hash of its bytes ('dir' for folders)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(CASES) >= 50
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name: str, kit: Kit, tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    args, fragments = CASES[name](user, kit)
+    before = snapshot(user)
     code, output = run_cli(*[str(a) for a in args])
     assert code == 2, output
     assert "Traceback" not in output
+    message = " ".join(output.split())  # the console wraps long lines
     for fragment in fragments:
-        assert fragment in output, (fragment, output)
-    return output
-
-
-def test_unknown_model_source(news: Path, tmp_path: Path) -> None:
-    expect_error(["train", "--task", "text-classification", "--model", "bert-from-nowhere", "--data", news,
-                  "--out", tmp_path / "r"], "unknown model source 'bert-from-nowhere'", "minilm-l6")
-
-
-def test_unknown_config_key_suggests_the_closest(news: Path, tmp_path: Path) -> None:
-    config = tmp_path / "run.yaml"
-    config.write_text(f"task: text-classification\nmodel:\n  source: minilm-l6\ndata:\n  train: {news}\n"
-                      "optim:\n  lrr: 0.001\n")
-    expect_error(["train", config, "--out", tmp_path / "r"], f"{config}:7", "optim.lrr", "Did you mean 'lr'")
-
-
-def test_empty_text_file(news: Path, tmp_path: Path) -> None:
-    empty = news / "tech" / "empty.txt"
-    empty.write_text("  \n")
-    expect_error([*TEXT, "--data", news, "--out", tmp_path / "r"], str(empty), "empty text")
-
-
-def test_corrupt_image(fashion_folder: Path, tmp_path: Path) -> None:
-    data = tmp_path / "images"
-    shutil.copytree(fashion_folder, data)
-    broken = data / "train" / "bag" / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n not really an image")
-    expect_error(["train", "--task", "image-classification", "--model", "efficientnet-lite0", "--data", data,
-                  "--out", tmp_path / "r"], str(broken), "cannot read image")
-
-
-def test_unknown_csv_column(tmp_path: Path) -> None:
-    table = tmp_path / "reviews.csv"
-    table.write_text("review,label\ngreat film,pos\nawful film,neg\n")
-    expect_error([*TEXT, "--data", table, "--set", "data.input_column=reveiw", "--out", tmp_path / "r"],
-                 f"{table}:2", "no column 'reveiw'", "Did you mean 'review'")
-
-
-def test_label_in_val_missing_from_train(news: Path, tmp_path: Path) -> None:
-    val = tmp_path / "val"
-    (val / "weather").mkdir(parents=True)
-    (val / "weather" / "1.txt").write_text("Rain is expected across the north tomorrow.")
-    expect_error([*TEXT, "--data", news, "--data", f"val={val}", "--out", tmp_path / "r"],
-                 "label 'weather'", "does not appear in the training data")
-
-
-def test_class_with_too_few_examples(news: Path, tmp_path: Path) -> None:
-    (news / "weather").mkdir()
-    (news / "weather" / "1.txt").write_text("Sunny spells later.")
-    expect_error([*TEXT, "--data", news, "--out", tmp_path / "r"], "class 'weather' has 1 example")
-
-
-def test_missing_run_directory(tmp_path: Path) -> None:
-    expect_error(["predict", tmp_path / "no-such-run", "--text", "hello"], "run directory not found")
-    expect_error(["evaluate", tmp_path / "no-such-run", "--data", tmp_path], "run directory not found")
-
-
-def test_bad_override_value(news: Path, tmp_path: Path) -> None:
-    expect_error([*TEXT, "--data", news, "--set", "train.epochs=many", "--out", tmp_path / "r"], "train.epochs")
+        assert " ".join(str(fragment).split()) in message, (fragment, output)
+    assert snapshot(user) == before, "the command changed the user's files"
+    assert not (user / "pwned").exists()
 
 
 def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
@@ -96,3 +717,35 @@ def test_real_process_prints_no_traceback(tmp_path: Path) -> None:
                              str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "data not found" in result.stderr
+
+
+def test_a_crafted_run_folder_runs_no_code(kit: Kit, tmp_path: Path) -> None:
+    """A run folder whose model names module:os:system executes nothing without --trust-code."""
+    run = copy(kit.text_run, tmp_path, "crafted")
+    info = json.loads((run / "model" / "graftune.json").read_text())
+    marker = tmp_path / "pwned"
+    info.update(source="module:os:system", build_kwargs={"command": f"touch {marker}"}, surgery={})
+    (run / "model" / "graftune.json").write_text(json.dumps(info))
+    settings = (run / "config.yaml").read_text().replace(f"source: hf:{kit.bert}", "source: module:os:system")
+    (run / "config.yaml").write_text(settings)
+    for args in (["predict", run, "--text", "hello"], ["evaluate", run, "--data", kit.text],
+                 ["train", "--resume", run, "--epochs", "2"],
+                 ["train", "--task", "text-classification", "--model", f"run:{run}", "--data", kit.text,
+                  "--out", tmp_path / "child"]):
+        code, output = run_cli(*[str(a) for a in args])
+        assert code == 2 and "module:os:system" in output and "--trust-code" in output, output
+        assert not marker.exists()
+
+
+def test_a_sixteen_bit_image_folder_trains(tmp_path: Path) -> None:
+    """16-bit greys, as scanners and microscopes write them, are read at their full range, not refused."""
+    data = tmp_path / "deep"
+    for label, level in (("dark", 8_000), ("light", 56_000)):
+        (data / label).mkdir(parents=True)
+        for n in range(6):
+            grey = np.full((12, 12), level + 100 * n, dtype=np.uint16)
+            Image.fromarray(grey).save(data / label / f"{n}.png")
+    code, output = run_cli("train", "--task", "image-classification", "--model", "module:helpers:tiny_cnn",
+                           "--data", data, "--set", "data.image_size=16", "--set", "data.augment=false",
+                           "--epochs", "1", "--batch-size", "4", "--out", tmp_path / "run")
+    assert code == 0, output
