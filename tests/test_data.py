@@ -16,7 +16,7 @@ from graftune.data.images import center_crop, image_tensor, open_rgb, random_res
 from graftune.data.readers import Example, read_examples, split_folders
 from graftune.data.record import record
 from graftune.data.splits import Splits, check_labels, stratified_split
-from graftune.errors import DataWarning, UserError
+from graftune.errors import InputWarning, UserError
 from graftune.preprocessing import ImagePreprocess
 
 
@@ -41,7 +41,7 @@ def test_text_class_folders(tmp_path: Path) -> None:
     helpers.write_text(tmp_path / "tech" / "notes.md", "not an example")
     helpers.write_text(tmp_path / "tech" / ".hidden.txt", "not an example either")
     helpers.write_text(tmp_path / ".cache" / "x.txt", "ignored folder")
-    with pytest.warns(DataWarning, match=r"tech: ignored 1 \.md file"):
+    with pytest.warns(InputWarning, match=r"tech: ignored 1 \.md file"):
         examples = read_examples(tmp_path, "text")
     assert [(e.label, e.input) for e in examples] == [
         ("sport", "The striker scored twice."), ("sport", "A late winner at Wembley."),
@@ -55,7 +55,7 @@ def test_image_class_folders(tmp_path: Path) -> None:
     (tmp_path / "dog").mkdir()
     Image.new("L", (8, 8), 128).save(tmp_path / "dog" / "3.jpg")
     helpers.write_text(tmp_path / "dog" / "readme.txt", "not an image")
-    with pytest.warns(DataWarning, match=r"dog: ignored 1 \.txt file"):
+    with pytest.warns(InputWarning, match=r"dog: ignored 1 \.txt file"):
         examples = read_examples(tmp_path, "image")
     assert [(Path(e.input).name, e.label) for e in examples] == [("1.png", "cat"), ("2.PNG", "cat"), ("3.jpg", "dog")]
     assert all(e.input == e.where for e in examples)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from graftune.errors import DataWarning, UserError
+from graftune.errors import InputWarning, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pre-trained neural networks for a new task.")
@@ -33,7 +33,7 @@ def user_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with warnings.catch_warnings():
-            warnings.simplefilter("always", DataWarning)
+            warnings.simplefilter("always", InputWarning)
             warnings.showwarning = _show_warning
             try:
                 return command(*args, **kwargs)

@@ -17,8 +17,9 @@ class UserError(Exception):
     """
 
 
-class DataWarning(UserWarning):
-    """Something in the user's data was skipped or changed on the way in; the run goes on.
+class InputWarning(UserWarning):
+    """Something the user gave was skipped or ignored (a file of another format, a setting the chosen
+    strategy does not use, code that changed since a run); the run goes on.
 
     The CLI prints these as one `warning:` line each; Python users get them through `warnings`.
     """

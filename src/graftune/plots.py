@@ -27,6 +27,7 @@ def learning_curves(rows: list[dict[str, Any]], metric: str, path: Path) -> None
 
 
 def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path) -> None:
+    labels = [plain(label) for label in labels]
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -40,3 +41,8 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plain(text: str) -> str:
+    """`text` as matplotlib should draw it: a `$` would otherwise start math mode (`$x$`, or a parse error)."""
+    return text.replace("$", r"\$")

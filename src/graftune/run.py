@@ -47,7 +47,7 @@ from graftune.plots import learning_curves
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.rundir import RunDir, replace_folder
 from graftune.sampling import ShuffledBatches, sorted_batches
-from graftune.settings import load_configured_backbone, resolve_settings, run_preprocess
+from graftune.settings import load_configured_backbone, resolve_settings, run_preprocess, with_absolute_paths
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage, plan, trainable_group_count
 from graftune.tasks import get_task
@@ -135,6 +135,7 @@ class Run:
     # --- setup, one resource at a time ------------------------------------------------------------------
 
     def setup(self, cfg: Config, resume: bool) -> None:
+        cfg = with_absolute_paths(cfg)
         set_seed(cfg.train.seed)
         self._setup_data(cfg, resume)
         self._setup_backbone(cfg)

@@ -11,18 +11,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
 from graftune.backbones import Backbone, load_backbone
-from graftune.config import Config
-from graftune.errors import UserError
+from graftune.config import Config, DataConfig, RegularizeConfig, StrategyConfig
+from graftune.errors import InputWarning, UserError
 from graftune.hardware import resolve_precision, resolve_workers
 from graftune.preprocessing import ImagePreprocess, Preprocess
 from graftune.regularize import check as check_regularization
 from graftune.strategies import resolve_name
 from graftune.tasks.base import Task
 
+# Strategy settings and the strategies that read them: set for another strategy, they would do nothing.
+STRATEGY_KEYS = {"unfreeze_every": ("gradual", "ulmfit"), "probe_epochs": ("lp-ft", "fastai"),
+                 "plateau_patience": ("lp-ft", "custom"), "lora": ("lora",), "stages": ("custom",)}
 # Body rates of strategies that train something other than a body from its pre-trained point.
 STRATEGY_LR = {"linear-probe": 1e-2, "bitfit": 1e-3, "lora": 5e-4}
 BODY_LR = {"text": 5e-5, "image": 3e-4}  # a body that trains, by modality
@@ -39,6 +43,7 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
     name = resolve_name(cfg)
     _check_strategy(cfg, name)
     check_regularization(cfg, name, backbone.modality)
+    _warn_ignored(cfg, name, backbone.modality)
     lr = cfg.optim.lr or STRATEGY_LR.get(name) or BODY_LR[backbone.modality]
     head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))
     values = {
@@ -56,18 +61,19 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
         values["data.max_length"] = min(cfg.data.max_length, backbone.preprocess.max_length)
     if backbone.code:
         values["model.code_path"] = backbone.code["path"]
-    return task.resolve(cfg.updated({**values, **_absolute_paths(cfg)}), backbone)
+    return task.resolve(cfg.updated(values), backbone)
 
 
-def _absolute_paths(cfg: Config) -> dict[str, Any]:
-    """Every path in the config made absolute, so the run resumes and rebuilds from any working directory."""
+def with_absolute_paths(cfg: Config) -> Config:
+    """The config with every path made absolute, before anything is read: the recorded split, the settings
+    and the model folder then name the same files from any working directory."""
     keys = {"data.train": cfg.data.train, "data.val": cfg.data.val, "data.test": cfg.data.test,
             "regularize.retain": cfg.regularize.retain, "model.weights": cfg.model.weights, "cache.dir": cfg.cache.dir}
     values: dict[str, Any] = {key: str(Path(value).expanduser().resolve()) for key, value in keys.items() if value}
     prefix, _, ref = cfg.model.source.partition(":")
     if prefix in ("hf", "run") and ref and Path(ref).expanduser().exists():  # a local folder, not a hub id
         values["model.source"] = f"{prefix}:{Path(ref).expanduser().resolve()}"
-    return values
+    return cfg.updated(values)
 
 
 def load_configured_backbone(cfg: Config, trust_code: bool = False) -> Backbone:
@@ -94,6 +100,25 @@ def _check_strategy(cfg: Config, name: str) -> None:
     if name == "partial" and body == "none":
         raise UserError("strategy partial needs freeze.body: the number K of layer groups to keep frozen "
                         "(or name patterns), for example --freeze 4.")
+
+
+def _warn_ignored(cfg: Config, strategy: str, modality: str) -> None:
+    """Settings changed from their defaults that this run would not use: said, not silently dropped."""
+    ignored = [f"strategy.{key} (used by {' and '.join(users)}, not {strategy})"
+               for key, users in STRATEGY_KEYS.items()
+               if strategy not in users and getattr(cfg.strategy, key) != _default(StrategyConfig, key)]
+    if cfg.regularize.l2sp_head != _default(RegularizeConfig, "l2sp_head") and not cfg.regularize.l2sp:
+        ignored.append("regularize.l2sp_head (used with regularize.l2sp only)")
+    image_keys = ("image_size", "augment") if modality == "text" else ("max_length", "group_by_length")
+    ignored += [f"data.{key} (for {'image' if modality == 'text' else 'text'} models)" for key in image_keys
+                if getattr(cfg.data, key) not in (None, _default(DataConfig, key))]
+    for item in ignored:
+        warnings.warn(f"{item}: ignored.", InputWarning, stacklevel=3)
+
+
+def _default(section: type[StrategyConfig] | type[RegularizeConfig] | type[DataConfig], key: str) -> Any:
+    field = section.model_fields[key]
+    return field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
 
 
 def _metric(cfg: Config, task: type[Task]) -> str:

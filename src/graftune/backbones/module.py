@@ -18,7 +18,7 @@ from torch import nn
 
 from graftune.backbones.base import Backbone
 from graftune.backbones.surgery import wrap_image_model
-from graftune.errors import DataWarning, UserError
+from graftune.errors import InputWarning, UserError
 from graftune.weights import load_into, read_state_dict
 
 
@@ -89,6 +89,6 @@ def rebuild_module(ref: str, info: dict[str, Any], folder: Path) -> Backbone:
     now = backbone.code or {}
     if recorded.get("sha256") and now.get("sha256") != recorded["sha256"]:
         warnings.warn(f"module:{ref}: {now.get('file')} changed since this model was trained (sha256 "
-                      f"{recorded['sha256'][:12]}... then, {now.get('sha256', '?')[:12]}... now).", DataWarning,
+                      f"{recorded['sha256'][:12]}... then, {now.get('sha256', '?')[:12]}... now).", InputWarning,
                       stacklevel=2)
     return backbone

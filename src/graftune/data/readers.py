@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from graftune.errors import DataWarning, UserError, closest
+from graftune.errors import InputWarning, UserError, closest
 from graftune.preprocessing import Modality
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -126,7 +126,7 @@ def _read_folder(root: Path, modality: Modality, encoding: str) -> list[Example]
                             "folder.")
         if others:
             warnings.warn(f"{class_dir}: ignored {kinds} file(s) that are not {', '.join(sorted(suffixes))}.",
-                          DataWarning, stacklevel=2)
+                          InputWarning, stacklevel=2)
         for file in usable:
             content = read_text(file, encoding=encoding) if modality == "text" else _checked_image(file)
             examples.append(Example(content, class_dir.name, str(file)))
