@@ -170,3 +170,21 @@ def write_colour_folders(root: Path, per_class: int = 8, seed: int = 0) -> Path:
             r, g, b = (min(255, max(0, c + d)) for c, d in zip(base, noise, strict=True))
             write_png(root / label / f"{n}.png", (r, g, b))
     return root
+
+
+# --- interruptions ---------------------------------------------------------------------------------------
+
+
+def interrupt_epoch(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
+    """Make the `number`-th training epoch from now raise KeyboardInterrupt, as Ctrl-C would; later ones run."""
+    import graftune.fit
+
+    real, calls = graftune.fit.train_one_epoch, {"n": 0}
+
+    def interrupted(*args: object, **kwargs: object) -> float:
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(graftune.fit, "train_one_epoch", interrupted)

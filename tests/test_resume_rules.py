@@ -115,15 +115,7 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(helpers.TESTS_DIR))
     data = helpers.write_colour_folders(tmp_path / "colours")
-    real, calls = graftune.fit.train_one_epoch, {"n": 0}
-
-    def interrupted(*args: Any, **kwargs: Any) -> float:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr("graftune.fit.train_one_epoch", interrupted)
+    helpers.interrupt_epoch(monkeypatch, 2)
     code, output = run_cli("train", "--task", "image-classification", "--model", "module:helpers:tiny_cnn",
                            "--data", data, "--set", "data.image_size=16", "--epochs", "3", "--out", tmp_path / "run")
     assert code == 130

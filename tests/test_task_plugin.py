@@ -163,18 +163,9 @@ def test_a_new_task_resumes_like_the_built_in_ones(tmp_path: Path, monkeypatch: 
     table = write_greys(tmp_path / "greys", 24)
     short = config(table, train={"epochs": 4})
     straight = graftune.train(short, out=tmp_path / "straight", console=Console(quiet=True))
-    real_epoch, calls = graftune.fit.train_one_epoch, {"n": 0}
-
-    def interrupted(*args: Any, **kwargs: Any) -> float:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr("graftune.fit.train_one_epoch", interrupted)
+    helpers.interrupt_epoch(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         graftune.train(short, out=tmp_path / "resumed", console=Console(quiet=True))
-    monkeypatch.setattr("graftune.fit.train_one_epoch", real_epoch)
     resumed = graftune.train({}, out=tmp_path / "resumed", resume=True, console=Console(quiet=True),
                              trust_code=True)
     assert [r["epoch"] for r in rows(resumed.dir)] == [1, 2, 3, 4]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import helpers
 import pytest
 
 import graftune
-from graftune import loop
 from tests.e2e.cli import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -24,18 +24,9 @@ def test_resume_after_interruption_matches_uninterrupted(bbc_folder: Path, tmp_p
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     straight = graftune.train(config(bbc_folder), out=tmp_path / "straight")
 
-    real_epoch, calls = loop.train_one_epoch, {"n": 0}
-
-    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # the user presses Ctrl-C during epoch 2
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr("graftune.fit.train_one_epoch", interrupted)
+    helpers.interrupt_epoch(monkeypatch, 2)  # the user presses Ctrl-C during epoch 2
     with pytest.raises(KeyboardInterrupt):
         graftune.train(config(bbc_folder), out=tmp_path / "resumed")
-    monkeypatch.setattr("graftune.fit.train_one_epoch", real_epoch)
     code, output = run_cli("train", "--resume", tmp_path / "resumed")
     assert code == 0, output
     assert "resuming after epoch 1" in output

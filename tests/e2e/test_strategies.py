@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import graftune
-from graftune import loop
 from tests.e2e.cli import run_cli
 from tests.e2e.test_image_classification import pretrained_lite0
 
@@ -48,18 +48,9 @@ def test_resume_mid_strategy_matches_uninterrupted(strategy: str, bbc_folder: Pa
     straight = graftune.train(text_config(bbc_folder, strategy), out=tmp_path / "straight")
     if strategy == "gradual":
         check_gradual_stages(straight.dir)
-    real_epoch, calls = loop.train_one_epoch, {"n": 0}
-
-    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # Ctrl-C during epoch 3: gradual has just entered its third stage
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr("graftune.fit.train_one_epoch", interrupted)
+    helpers.interrupt_epoch(monkeypatch, 3)  # Ctrl-C during epoch 3: gradual has just entered its third stage
     with pytest.raises(KeyboardInterrupt):
         graftune.train(text_config(bbc_folder, strategy), out=tmp_path / "resumed")
-    monkeypatch.setattr("graftune.fit.train_one_epoch", real_epoch)
     code, output = run_cli("train", "--resume", tmp_path / "resumed")
     assert code == 0, output
     assert "resuming after epoch 2" in output
