@@ -68,7 +68,8 @@ def with_absolute_paths(cfg: Config) -> Config:
     """The config with every path made absolute, before anything is read: the recorded split, the settings
     and the model folder then name the same files from any working directory."""
     keys = {"data.train": cfg.data.train, "data.val": cfg.data.val, "data.test": cfg.data.test,
-            "regularize.retain": cfg.regularize.retain, "model.weights": cfg.model.weights, "cache.dir": cfg.cache.dir}
+            "regularize.retain": cfg.regularize.retain, "model.weights": cfg.model.weights, "cache.dir": cfg.cache.dir,
+            "model.code_path": cfg.model.code_path}
     values: dict[str, Any] = {key: str(Path(value).expanduser().resolve()) for key, value in keys.items() if value}
     prefix, _, ref = cfg.model.source.partition(":")
     if prefix in ("hf", "run") and ref and Path(ref).expanduser().exists():  # a local folder, not a hub id
