@@ -143,16 +143,27 @@ def test_a_crafted_loop_state_is_refused_without_running(tmp_path: Path) -> None
     assert not marker.exists()
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# How each writer reports a full or read-only disk: Python, torch.save (C++) and safetensors (Rust).
+REFUSALS = [(OSError(errno.ENOSPC, "No space left on device", "x"), "No space left on device"),
+            (OSError(errno.EROFS, "Read-only file system", "x"), "Read-only file system"),
+            (RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                          "data/0: file write failed Permission denied"), "Permission denied"),
+            (Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left '
+                       'on device" })'), "No space left on device")]
+
+
+@pytest.mark.parametrize(("refusal", "reason"), REFUSALS)
+def test_a_full_disk_keeps_the_previous_checkpoint(refusal: Exception, reason: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     training, store = Training(seed=0), checkpoints(tmp_path)
     store.commit(training.accelerator, 1, rows(1), best=True)
     before = (tmp_path / "checkpoints" / "epoch-0001" / "model.safetensors").read_bytes()
 
     def full(*_args: Any, **_kwargs: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / ".epoch-0002.tmp"))
+        raise refusal
 
     monkeypatch.setattr(training.accelerator, "save_state", full)
-    with pytest.raises(UserError, match=r"cannot write the checkpoint of epoch 2 \(No space left on device\); "
+    with pytest.raises(UserError, match=rf"cannot write the checkpoint of epoch 2 \({reason}\); "
                                         r"the checkpoint of epoch 1 is intact.*--resume"):
         store.commit(training.accelerator, 2, rows(1, 2), best=True)
     assert json.loads((tmp_path / "checkpoints" / "last.json").read_text())["epoch"] == 1

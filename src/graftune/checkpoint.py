@@ -36,6 +36,7 @@ from graftune.faults import reached
 
 LOOP_STATE_FILE = "custom_checkpoint_0.pkl"  # Accelerate's name for the first registered object
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+LOW_SPACE = 64 * 2**20  # bytes: less free than this after a failed write, and the disk was full
 
 
 @dataclass
@@ -138,12 +139,13 @@ class Checkpoints:
                 _fsync_tree(tmp)
                 reached("checkpoint:written", epoch)
                 self._publish(tmp, final, epoch, rows, best)
-        except OSError as err:
+        except Exception as err:
+            reason = disk_refusal(err, self.folder)  # before the cleanup frees the space
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-            if err.errno not in DISK_ERRORS:
+            if reason is None:
                 raise
-            raise UserError(self._disk_message(err, epoch)) from None
+            raise UserError(self._disk_message(getattr(err, "filename", None), reason, epoch)) from None
         accelerator.wait_for_everyone()
 
     def _publish(self, tmp: Path, final: Path, epoch: int, rows: list[dict[str, Any]], best: bool) -> None:
@@ -171,13 +173,39 @@ class Checkpoints:
             if path.is_dir() and path.name != keep and (path.name.startswith("epoch-") or path.name.endswith(".tmp")):
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _disk_message(self, err: OSError, epoch: int) -> str:
+    def _disk_message(self, filename: str | None, reason: str, epoch: int) -> str:
         latest = self.latest()
         kept = f"the checkpoint of epoch {latest.name.removeprefix('epoch-').lstrip('0')} is intact" if latest \
             else "no earlier checkpoint was written"
-        return (f"{err.filename or self.folder}: cannot write the checkpoint of epoch {epoch} ({err.strerror}); "
-                f"{kept}. Free space or fix the permissions, then continue with: graftune train --resume "
+        return (f"{filename or self.folder}: cannot write the checkpoint of epoch {epoch} ({reason}); {kept}. "
+                f"Free space or fix the permissions, then continue with: graftune train --resume "
                 f"{self.folder.parent}")
+
+
+def disk_refusal(err: BaseException, folder: Path) -> str | None:
+    """Why the disk refused a write into `folder` (full, read-only, no permission), or None when `err` is
+    something else.
+
+    Python reports it as an OSError; torch.save and safetensors, which write from C++ and Rust, raise their
+    own errors, with the system's words in the message or none at all ("unexpected pos 64768 vs 64656"),
+    so the file system itself is asked too.
+    """
+    if isinstance(err, OSError):
+        return err.strerror if err.errno in DISK_ERRORS else None
+    text = str(err)
+    for words in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied"):
+        if words in text:
+            return words
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    first = text.strip().splitlines()[0][:120] if text.strip() else type(err).__name__
+    if stats.f_flag & os.ST_RDONLY:
+        return f"Read-only file system: {first}"
+    if stats.f_bavail * stats.f_frsize < LOW_SPACE:
+        return f"No space left on device: {first}"
+    return None
 
 
 def link_file(source: Path, target: Path) -> None:

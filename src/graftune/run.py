@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from graftune.artifacts import save_model_folder
 from graftune.backbones import Backbone
 from graftune.backbones.sources import require_trust
-from graftune.checkpoint import Checkpoints, FitState, LoopState
+from graftune.checkpoint import Checkpoints, FitState, LoopState, disk_refusal
 from graftune.config import Config, load_config
 from graftune.data import record
 from graftune.data.inputs import input_encoder
@@ -334,20 +334,31 @@ class Run:
         load_weights(model, self.checkpoints.best)
         test = task.test_results(evaluate(self.prepared, self.test_loader, task.step, self.accelerator))
         reached("save:tested", state.epoch)
-        metric = str(self.settings.train.early_stopping.metric)
         if self.accelerator.is_main_process:
-            self._save_model(model)
-            reached("save:model", state.epoch)
-            folder.write_json(folder.results, {"test": test, "strategy": self.settings.strategy.name,
-                                               "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-                                               "stopped_early": state.stopped_early,
-                                               "best_val": {metric: state.best_score}})
-            folder.plots.mkdir(exist_ok=True)
-            learning_curves(folder.read_metrics(), metric, folder.plots / "learning_curves.png")
-            task.plots(test, folder.plots)
+            try:
+                self._write_results(model, test)
+            except Exception as err:
+                reason = disk_refusal(err, folder.path)
+                if reason is None:
+                    raise
+                raise UserError(f"{folder.path}: cannot save the model ({reason}); the checkpoints are intact. Free "
+                                f"space, then finish with: graftune train --resume {folder.path}") from None
         self.console.print(f"test {task.summary(test)}; best epoch {state.best_epoch}")
         self.console.print(f"run saved in {folder.path}")
         return RunResult(folder.path, test, state.best_epoch, state.epoch)
+
+    def _write_results(self, model: GraftedModel, test: dict[str, Any]) -> None:
+        folder, state = self.folder, self.fit_state
+        metric = str(self.settings.train.early_stopping.metric)
+        self._save_model(model)
+        reached("save:model", state.epoch)
+        folder.write_json(folder.results, {"test": test, "strategy": self.settings.strategy.name,
+                                           "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                                           "stopped_early": state.stopped_early,
+                                           "best_val": {metric: state.best_score}})
+        folder.plots.mkdir(exist_ok=True)
+        learning_curves(folder.read_metrics(), metric, folder.plots / "learning_curves.png")
+        self.task.plots(test, folder.plots)
 
     def _save_model(self, model: GraftedModel) -> None:
         """The model folder, written under a temporary name and renamed: never half of one."""
