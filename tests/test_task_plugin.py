@@ -54,7 +54,7 @@ class Brightness(Task):
         return GraftedModel(backbone.body, nn.Linear(backbone.feature_dim, 1), Pooling("avg"),
                             self.settings.freeze.batchnorm)
 
-    def items(self, examples: list[Example]) -> list[Item]:
+    def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
         return [(e.input, float(e.label) * self.schema["scale"]) for e in examples]
 
     def step(self, model: nn.Module, batch: Batch, train: bool) -> Step:

@@ -28,7 +28,7 @@ from graftune.config import validate
 from graftune.data.readers import Example
 from graftune.errors import UserError
 from graftune.grafted import GraftedModel
-from graftune.loaders import eval_loader
+from graftune.loaders import eval_batches, eval_loader
 from graftune.loop import evaluate
 from graftune.lora import ADAPTER_DIR, attach_adapter
 from graftune.preprocessing import Preprocess
@@ -36,13 +36,12 @@ from graftune.rundir import RunDir
 from graftune.settings import load_configured_backbone, run_preprocess
 from graftune.tasks import get_task
 from graftune.tasks.base import Task
-from graftune.weights import load_weights, save_weights
 
 
 def save_model_folder(folder: Path, model: GraftedModel, backbone: Backbone, task: Task, preprocess: Preprocess,
                       parent: str | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(model, folder / "model.safetensors")
+    task.save_weights(model, folder, preprocess)
     if backbone.save_files is not None:
         backbone.save_files(folder / "body")
     info = {
@@ -53,6 +52,7 @@ def save_model_folder(folder: Path, model: GraftedModel, backbone: Backbone, tas
         "surgery": backbone.surgery,
         "build_kwargs": backbone.build_kwargs,
         "code": backbone.code,
+        "produces": backbone.produces,
         "preprocess": preprocess.to_json(),
         "settings": task.settings.model_dump(mode="json"),
         "provenance": {"started_from": parent or backbone.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -79,8 +79,9 @@ class FineTuned:
         """The task's test metrics on labelled examples."""
         from accelerate import Accelerator
 
-        loader = eval_loader(self.task.items(examples), self.task.collate(self.preprocess), self.preprocess,
-                             batch_size)
+        items = self.task.items(examples, self.preprocess)
+        batches = eval_batches(self.task, items, self.preprocess, batch_size)
+        loader = eval_loader(items, self.task.collate(self.preprocess), batches)
         return self.task.test_results(evaluate(self.model, loader, self.task.step, Accelerator()))
 
 
@@ -100,10 +101,10 @@ def load_model(run_dir: str | Path, adapter: bool = False, trust_code: bool = Fa
             require_trust(settings.model.source, folder / "graftune.json", trust_code, info.get("code"))
         backbone = load_configured_backbone(settings, trust_code)
         model = task.build_model(backbone)
-        attach_adapter(model, folder)
+        attach_adapter(model, folder, backbone.peft_target)
     else:
         backbone = rebuild_backbone(info, folder, trust_code)
         model = task.build_model(backbone)
-        load_weights(model, folder / "model.safetensors")
+        task.load_weights(model, folder)
     model.eval()
     return FineTuned(model, run_preprocess(backbone, settings), task, info)

@@ -201,6 +201,30 @@ def predict(
 
 
 @app.command()
+@user_errors
+def generate(
+    run: Annotated[Path, typer.Argument(help="run directory of a causal-lm run")],
+    prompt: Annotated[str, typer.Option("--prompt", help="the text to continue (a pairs run: the prompt)")],
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="0: greedy")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+) -> None:
+    """Generate text with a fine-tuned language model, streamed as it comes."""
+    from graftune.api import load
+
+    if not prompt.strip():
+        raise UserError("--prompt: empty prompt.")
+    fine_tuned = load(run, trust_code=trust_code)
+    options = {key: value for key, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature),
+                                             ("top_p", top_p), ("seed", seed)) if value is not None}
+    fine_tuned.task.generate(fine_tuned.model, fine_tuned.preprocess, prompt,
+                             lambda text: typer.echo(text, nl=False), **options)
+    typer.echo()
+
+
+@app.command()
 def strategies() -> None:
     """The named fine-tuning strategies and when to use each."""
     from graftune.strategies import DESCRIPTIONS

@@ -63,7 +63,18 @@ class DataConfig(Section):
     augment: bool = Field(True, description="random resized crop + horizontal flip on training images")
     group_by_length: bool = Field(True, description="text: training batches of similar lengths (shuffled "
                                                     "buckets), so little compute goes to padding")
-
+    form: Literal["auto", "corpus", "pairs"] = Field(
+        "auto", description="language models: a corpus of documents, or prompt/completion pairs; auto: pairs when "
+                            "the table has both columns")
+    block_size: int = Field(256, ge=8, description="language models: tokens per training sequence")
+    prompt_column: str = Field("prompt", description="language-model pairs: the column of prompts")
+    completion_column: str = Field("completion", description="language-model pairs: the column of completions")
+    chat_template: bool | Literal["auto"] = Field(
+        "auto", description="language-model pairs: render with the tokenizer's chat template (true/false); auto: "
+                            "when it has one")
+    document_separator: str | None = Field(
+        None, description="a one-file corpus: the line between documents (default: an empty line); a folder: one "
+                          "document per .txt file")
 
     @field_validator("encoding")
     @classmethod
@@ -190,7 +201,19 @@ class TrainConfig(Section):
     num_workers: int | Literal["auto"] = Field(
         "auto", description="data-loading processes; auto: up to 8 for images on a GPU machine, else 0")
     early_stopping: EarlyStopConfig = EarlyStopConfig()
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                                            "memory, about a third more time")
     progress: bool = True
+
+
+class GenerationConfig(Section):
+    """Language models: the samples a run generates from test prompts before and after fine-tuning."""
+
+    samples: int = Field(3, ge=0, description="test prompts to generate from before and after; 0: none")
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0: greedy, the same text every time")
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
 
 
 class CacheConfig(Section):
@@ -215,6 +238,7 @@ class Config(Section):
     regularize: RegularizeConfig = RegularizeConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    generation: GenerationConfig = GenerationConfig()
     cache: CacheConfig = CacheConfig()
 
     @field_validator("task")

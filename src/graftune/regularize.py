@@ -23,8 +23,9 @@ from graftune.grafted import GraftedModel
 BODY_FROZEN = ("linear-probe", "lora")  # strategies whose body weights never move
 
 
-def check(cfg: Config, strategy: str, modality: str) -> None:
-    """Refuse regularization that would silently do nothing."""
+def check(cfg: Config, strategy: str, modality: str, measures_forgetting: bool = False) -> None:
+    """Refuse regularization that would silently do nothing. `measures_forgetting`: the task scores
+    regularize.retain before and after, so it is used without EWC too."""
     reg = cfg.regularize
     if (reg.l2sp or reg.ewc) and strategy in BODY_FROZEN:
         raise UserError(f"regularize.l2sp / regularize.ewc: strategy {strategy} never changes the body's "
@@ -32,7 +33,7 @@ def check(cfg: Config, strategy: str, modality: str) -> None:
     if reg.ewc and not reg.retain:
         raise UserError("regularize.ewc needs inputs of the original task: give --retain PATH "
                         "(or regularize.retain).")
-    if reg.retain and not reg.ewc:
+    if reg.retain and not reg.ewc and not measures_forgetting:
         raise UserError("regularize.retain is only used by EWC: set regularize.ewc (for example --ewc 1.0).")
     if (reg.mixup or reg.cutmix) and modality != "image":
         raise UserError("regularize.mixup / regularize.cutmix mix images; this task's inputs are text.")

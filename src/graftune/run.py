@@ -40,7 +40,7 @@ from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, d
 from graftune.fit import Monitor, Trainee, fit
 from graftune.freezing import frozen_parameter_names
 from graftune.grafted import GraftedModel, parameter_summary
-from graftune.loaders import eval_batches, eval_loader, input_lengths
+from graftune.loaders import eval_batches, eval_loader
 from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
 from graftune.plots import learning_curves
@@ -189,6 +189,8 @@ class Run:
                                   settings.optim.weight_decay, 0.0 if anchored(settings.regularize) else None,
                                   settings.train.epochs)
         _check_batchnorm_batches(self.model, settings)
+        if settings.train.gradient_checkpointing:
+            _enable_checkpointing(self.model, self.backbone.source)
 
     def _setup_state(self, resume: bool) -> None:
         """The loop state (the last checkpoint's when resuming) and the optimizer of its stage."""
@@ -200,21 +202,28 @@ class Run:
         self.optimizer: Any = self.switch.replay(self.fit_state.stage)  # Accelerate wraps it in setup_accelerator
 
     def _setup_loaders(self) -> None:
-        task, train = self.task, self.settings.train
+        task, train, preprocess = self.task, self.settings.train, self.preprocess
         splits, workers = self.data.splits, int(train.num_workers)
-        self.items = {name: task.items(part) for name, part in
+        self.items = {name: task.items(part, preprocess) for name, part in
                       (("train", splits.train), ("val", splits.val), ("test", splits.test))}
-        self.lengths = input_lengths(self.items["train"], self.preprocess)
+        self.lengths = task.lengths(self.items["train"], preprocess)
         self.batches = ShuffledBatches(train.batch_size, train.seed, size=len(self.items["train"]),
                                        lengths=self.lengths if self.settings.data.group_by_length else None)
         self.train_loader: Any = DataLoader(self.items["train"], batch_sampler=self.batches,  # type: ignore[arg-type]
-                                            collate_fn=task.training_collate(self.preprocess), num_workers=workers)
-        self.val_batches = eval_batches(self.items["val"], self.preprocess, train.eval_batch_size)
-        collate = task.collate(self.preprocess)
-        self.val_loader: Any = eval_loader(self.items["val"], collate, self.preprocess, train.eval_batch_size,
-                                           workers, self.val_batches)
-        self.test_loader: Any = eval_loader(self.items["test"], collate, self.preprocess, train.eval_batch_size,
+                                            collate_fn=task.training_collate(preprocess), num_workers=workers)
+        self.val_batches = eval_batches(task, self.items["val"], preprocess, train.eval_batch_size)
+        collate = task.collate(preprocess)
+        self.val_loader: Any = eval_loader(self.items["val"], collate, self.val_batches, workers)
+        self.test_loader: Any = eval_loader(self.items["test"], collate,
+                                            eval_batches(task, self.items["test"], preprocess, train.eval_batch_size),
                                             workers)
+        retained = task.forgetting_examples(self.settings.regularize.retain) if self.settings.regularize.retain \
+            else None
+        self.retain_loader: Any = None
+        if retained:
+            items = task.items(retained, preprocess)
+            self.retain_loader = eval_loader(items, collate, eval_batches(task, items, preprocess,
+                                                                          train.eval_batch_size), workers)
 
     def _setup_accelerator(self) -> None:
         # Accelerate keeps one state per process and refuses a second Accelerator with another precision;
@@ -226,6 +235,8 @@ class Run:
                                        gradient_accumulation_steps=train.grad_accum)
         self.prepared, self.optimizer, self.train_loader, self.val_loader, self.test_loader = self.accelerator.prepare(
             self.model, self.optimizer, self.train_loader, self.val_loader, self.test_loader)
+        if self.retain_loader is not None:
+            self.retain_loader = self.accelerator.prepare_data_loader(self.retain_loader)
         self.steps_per_epoch = -(-len(self.train_loader) // train.grad_accum)
         scheduler = self.switch.schedule(self.fit_state.stage, self.optimizer.optimizer, self.fit_state.stage_start,
                                          self.steps_per_epoch)
@@ -317,6 +328,8 @@ class Run:
         train, state = self.settings.train, self.fit_state
         if state.stopped_early or state.epoch >= train.epochs:
             return state
+        if self.task.evaluates_before and not self.folder.before.is_file():
+            self.folder.write_json(self.folder.before, self._scores())  # the pre-trained model, for before/after
         trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
                           self.steps_per_epoch, self.checkpoints, self.rows, self.penalty)
@@ -332,11 +345,12 @@ class Run:
             raise UserError(f"{self.checkpoints.best}: missing, so the run's best weights are lost; start a new run.")
         model = self.accelerator.unwrap_model(self.prepared)
         load_weights(model, self.checkpoints.best)
-        test = task.test_results(evaluate(self.prepared, self.test_loader, task.step, self.accelerator))
+        scores = self._scores()
+        test = scores["test"]
         reached("save:tested", state.epoch)
         if self.accelerator.is_main_process:
             try:
-                self._write_results(model, test)
+                self._write_results(model, scores)
             except Exception as err:
                 reason = disk_refusal(err, folder.path)
                 if reason is None:
@@ -347,18 +361,33 @@ class Run:
         self.console.print(f"run saved in {folder.path}")
         return RunResult(folder.path, test, state.best_epoch, state.epoch)
 
-    def _write_results(self, model: GraftedModel, test: dict[str, Any]) -> None:
+    def _scores(self) -> dict[str, Any]:
+        """The model's test results and report, and its score on the retained inputs (when given)."""
+        task, model = self.task, self.accelerator.unwrap_model(self.prepared)
+        test = task.test_results(evaluate(self.prepared, self.test_loader, task.step, self.accelerator))
+        scores: dict[str, Any] = {"test": {**test, **task.report(model, self.preprocess, self.data.splits.test)}}
+        if self.retain_loader is not None:
+            scores["retained"] = task.test_results(evaluate(self.prepared, self.retain_loader, task.step,
+                                                            self.accelerator))
+        return scores
+
+    def _write_results(self, model: GraftedModel, scores: dict[str, Any]) -> None:
         folder, state = self.folder, self.fit_state
         metric = str(self.settings.train.early_stopping.metric)
         self._save_model(model)
         reached("save:model", state.epoch)
-        folder.write_json(folder.results, {"test": test, "strategy": self.settings.strategy.name,
-                                           "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-                                           "stopped_early": state.stopped_early,
-                                           "best_val": {metric: state.best_score}})
+        results: dict[str, Any] = {"test": scores["test"], "strategy": self.settings.strategy.name,
+                                   "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                                   "stopped_early": state.stopped_early, "best_val": {metric: state.best_score}}
+        if folder.before.is_file():
+            before = folder.read_json(folder.before)
+            results["before"] = before["test"]
+            if "retained" in scores:
+                results["forgetting"] = {"before": before.get("retained"), "after": scores["retained"]}
+        folder.write_json(folder.results, results)
         folder.plots.mkdir(exist_ok=True)
         learning_curves(folder.read_metrics(), metric, folder.plots / "learning_curves.png")
-        self.task.plots(test, folder.plots)
+        self.task.plots(scores["test"], folder.plots)
 
     def _save_model(self, model: GraftedModel) -> None:
         """The model folder, written under a temporary name and renamed: never half of one."""
@@ -406,6 +435,17 @@ def _check_batchnorm_batches(model: GraftedModel, settings: Config) -> None:
     if settings.train.batch_size == 1 and has_batchnorm and trains:
         raise UserError("train.batch_size=1: the body's BatchNorm layers cannot train on one example per batch. "
                         "Use a batch size of 2 or more, freeze.batchnorm=affine-only, or strategy linear-probe.")
+
+
+def _enable_checkpointing(model: GraftedModel, source: str) -> None:
+    """Transformers' gradient checkpointing on the outermost model of the body that has it."""
+    for module in model.body.modules():
+        enable: Any = getattr(module, "gradient_checkpointing_enable", None)
+        if callable(enable):
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+    raise UserError(f"train.gradient_checkpointing: {source} has no gradient checkpointing (Transformers models "
+                    "do). Remove the setting.")
 
 
 def _stage_line(stage: Stage) -> str:

@@ -9,6 +9,7 @@
     RUN/model/               the fine-tuned model (see artifacts.py)
     RUN/results.json         final test metrics
     RUN/resumes.json         what each --resume changed or accepted
+    RUN/before.json          language models: the pre-trained model's test (and retained) scores
     RUN/plots/               learning curves and the task's plots
 
 graftune writes only into folders it made: a new run is set up in a hidden sibling folder and moved
@@ -30,7 +31,7 @@ from graftune.errors import UserError
 MARKER = ".graftune-run"
 MARKER_TEXT = "graftune run directory\n"
 ENTRIES = {MARKER, "config.yaml", "data_splits.json", "strategy.json", "metrics.jsonl", "results.json",
-           "resumes.json", "model", "checkpoints", "plots"}
+           "resumes.json", "before.json", "model", "checkpoints", "plots"}
 
 
 class RunDir:
@@ -46,6 +47,7 @@ class RunDir:
     results = property(lambda self: self.path / "results.json")
     strategy = property(lambda self: self.path / "strategy.json")
     resumes = property(lambda self: self.path / "resumes.json")
+    before = property(lambda self: self.path / "before.json")
     plots = property(lambda self: self.path / "plots")
 
     # --- what the folder is -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from graftune.hardware import resolve_precision, resolve_workers
 from graftune.preprocessing import ImagePreprocess, Preprocess
 from graftune.regularize import check as check_regularization
 from graftune.strategies import resolve_name
+from graftune.tasks import get_task
 from graftune.tasks.base import Task
 
 # Strategy settings and the strategies that read them: set for another strategy, they would do nothing.
@@ -40,9 +41,9 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
     capped at 1e-3. Adapters and biases (lora, bitfit) learn from scratch-like starting points and take
     larger rates: 5e-4 and 1e-3.
     """
-    name = resolve_name(cfg)
+    name = resolve_name(cfg, task.default_strategy)
     _check_strategy(cfg, name)
-    check_regularization(cfg, name, backbone.modality)
+    check_regularization(cfg, name, backbone.modality, task.evaluates_before)
     _warn_ignored(cfg, name, backbone.modality)
     lr = cfg.optim.lr or STRATEGY_LR.get(name) or BODY_LR[backbone.modality]
     head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))
@@ -78,11 +79,12 @@ def with_absolute_paths(cfg: Config) -> Config:
 
 
 def load_configured_backbone(cfg: Config, trust_code: bool = False) -> Backbone:
-    """The pre-trained backbone `model.source` names, loaded with the config's model and head options."""
+    """The pre-trained backbone `model.source` names, loaded with the config's model and head options, with
+    the LM head when the task generates text."""
     return load_backbone(cfg.model.source, weights=cfg.model.weights, kwargs=cfg.model.kwargs,
                          replace=cfg.head.replace, cut_at=cfg.head.cut_at, image_size=cfg.data.image_size,
                          trust_remote_code=cfg.model.trust_remote_code, code_path=cfg.model.code_path,
-                         trust_code=trust_code)
+                         trust_code=trust_code, lm=get_task(cfg.task).needs == "logits")
 
 
 def run_preprocess(backbone: Backbone, settings: Config) -> Preprocess:

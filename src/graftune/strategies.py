@@ -76,12 +76,13 @@ class Stage:
         return asdict(self)
 
 
-def resolve_name(cfg: Config) -> str:
-    """`auto` names what freeze.body already says: linear-probe, full or partial."""
+def resolve_name(cfg: Config, default: str | None = None) -> str:
+    """`auto` names what freeze.body already says: linear-probe, partial, or with nothing frozen the task's
+    default (`default`, lora for language models) or full."""
     if cfg.strategy.name != "auto":
         return cfg.strategy.name
     body = cfg.freeze.body
-    return "linear-probe" if body == "all" else "full" if body == "none" else "partial"
+    return "linear-probe" if body == "all" else (default or "full") if body == "none" else "partial"
 
 
 def plan(settings: Config, num_groups: int) -> list[Stage]:

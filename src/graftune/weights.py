@@ -66,8 +66,11 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a file graftune wrote (checkpoint, best model, model folder) into the same architecture; keys of
-    a model saved inside DistributedDataParallel lose their `module.` prefix."""
+    """Load a file graftune wrote (checkpoint, best model, model folder) into the same architecture.
+
+    Keys of a model saved inside DistributedDataParallel lose their `module.` prefix; a tensor stored once
+    for several tied names (a language model's LM head and input embeddings) fills all of them.
+    """
     try:
         state = load_file(str(path))
     except FileNotFoundError:
@@ -76,6 +79,12 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise UserError(f"{path}: damaged ({str(err)[:160]}). Train the model again.") from None
     state = {key.removeprefix("module."): value for key, value in state.items()}
     try:
-        model.load_state_dict(state, strict=True)
+        result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
         raise UserError(f"{path}: not the weights of this model ({str(err).splitlines()[0][:200]}).") from None
+    pointers = {key: tensor.data_ptr() for key, tensor in model.state_dict(keep_vars=True).items()}
+    loaded = {pointers[key] for key in state if key in pointers}
+    untied = [key for key in result.missing_keys if pointers[key] not in loaded]
+    if untied or result.unexpected_keys:
+        raise UserError(f"{path}: not the weights of this model (missing {untied[:3]}, unexpected "
+                        f"{result.unexpected_keys[:3]}).")

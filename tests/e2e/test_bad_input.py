@@ -38,6 +38,7 @@ class Kit:
     text: Path  # 16 BBC News articles per topic, TOPIC/NNN.txt
     images: Path  # noisy colour PNGs, three classes
     bert: Path  # a tiny BERT with the real MiniLM tokenizer
+    llama: Path  # a tiny Llama causal LM with the same tokenizer
     text_run: Path  # finished: tiny BERT on the text data
     image_run: Path  # finished: module:helpers:tiny_cnn on the images
 
@@ -47,12 +48,13 @@ def kit(bbc_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Kit:
     root = tmp_path_factory.mktemp("kit")
     images = helpers.write_colour_folders(root / "images")
     bert = helpers.write_tiny_bert(root / "bert", mean_pooling=True)
+    llama = helpers.write_tiny_llama(root / "llama")
     quiet = Console(quiet=True)
     graftune.train({**text_config(bbc_folder, bert), "train": {"epochs": 1, "progress": False}}, root / "text-run",
                    console=quiet)
     graftune.train({**image_config(images), "train": {"epochs": 1, "batch_size": 8, "progress": False}},
                    root / "image-run", console=quiet)
-    return Kit(bbc_folder, images, bert, root / "text-run", root / "image-run")
+    return Kit(bbc_folder, images, bert, llama, root / "text-run", root / "image-run")
 
 
 def text_config(data: Path, bert: Path) -> dict[str, Any]:
@@ -679,6 +681,63 @@ class Crafted:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Path.touch, (self.target,))
+
+
+# language models
+
+
+def lm_train(user: Path, kit: Kit, data: Path, *extra: Any) -> list[Any]:
+    return ["train", "--task", "causal-lm", "--model", f"hf:{kit.llama}", "--data", data, "--epochs", "1",
+            "--set", "data.block_size=32", "--out", user / "run", *extra]
+
+
+@case("causal-lm: an encoder for a language model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = lm_train(user, kit, copy(kit.text, user, "news"))
+    args[args.index(f"hf:{kit.llama}")] = f"hf:{kit.bert}"
+    return args, [f"hf:{kit.bert}", "not a causal language model"]
+
+
+@case("causal-lm: an empty corpus")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "corpus" / "a.txt", "   ")
+    return lm_train(user, kit, user / "corpus"), [f"{user / 'corpus'}: no text found"]
+
+
+@case("causal-lm: a pair without its completion column")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "pairs.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "c", "answer": "d"}\n')
+    return lm_train(user, kit, path, "--set", "data.form=pairs"), [f"{path}:2", "no column 'completion'"]
+
+
+@case("causal-lm: a pair line that is no object")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "pairs.jsonl", '{"prompt": "a", "completion": "b"}\n["c", "d"]\n')
+    return lm_train(user, kit, path, "--set", "data.form=pairs"), [f"{path}:2", "expected a JSON object"]
+
+
+@case("causal-lm: a strategy that trains a new head first")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lm_train(user, kit, copy(kit.text, user, "news"), "--strategy", "lp-ft"), [
+        "strategy lp-ft begins by training a new head"]
+
+
+@case("causal-lm: a chat template the tokenizer lacks")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "pairs.jsonl", "".join(f'{{"prompt": "p{i}", "completion": "c{i}"}}\n' for i in range(9)))
+    return lm_train(user, kit, path, "--set", "data.chat_template=true"), ["data.chat_template=true",
+                                                                           "no chat template"]
+
+
+@case("generate: a classifier")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["generate", copy(kit.text_run, user, "run"), "--prompt", "hello"], [
+        "generate is for tasks that produce text", "text-classification"]
+
+
+@case("generate: an empty prompt")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["generate", copy(kit.text_run, user, "run"), "--prompt", "  "], ["--prompt: empty prompt"]
 
 
 # --- the check ---------------------------------------------------------------------------------------------

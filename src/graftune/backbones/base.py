@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -71,6 +71,9 @@ class Backbone:
     build_kwargs: dict[str, Any] = field(default_factory=dict)  # a `module:` factory's keyword arguments
     # Where a `module:` factory's code came from: {"path": import root, "file": ..., "sha256": ...}.
     code: dict[str, str] | None = None
+    produces: Literal["features", "logits"] = "features"  # logits: a language model with its LM head
+    # The submodule LoRA wraps, so that the saved adapter loads with PEFT on the original model; None: the body.
+    peft_target: str | None = None
     feature_rank: int = 0  # dimensions of the body's output: 4 (maps), 3 (token states) or 2 (vectors)
 
     def probe(self) -> Backbone:

@@ -22,7 +22,12 @@ from typing import Any
 from graftune.backbones.base import Backbone
 from graftune.backbones.hf import load_hf, rebuild_hf
 from graftune.backbones.module import load_module, rebuild_module
-from graftune.backbones.presets import load_efficientnet_lite0, load_minilm, rebuild_efficientnet_lite0
+from graftune.backbones.presets import (
+    load_efficientnet_lite0,
+    load_minilm,
+    load_smollm2,
+    rebuild_efficientnet_lite0,
+)
 from graftune.backbones.vision_libs import load_timm, load_torchvision, rebuild_timm, rebuild_torchvision
 from graftune.errors import UserError
 from graftune.preprocessing import ImagePreprocess
@@ -44,6 +49,7 @@ class LoadOptions:
     trust_remote_code: bool = False
     code_path: str | None = None
     trust_code: bool = False
+    lm: bool = False  # a causal language model with its LM head, for the tasks that generate text
 
 
 # The config key of each option a source may take or refuse; a source that takes no option refuses it.
@@ -85,7 +91,7 @@ def load_run_body(ref: str, options: LoadOptions) -> Backbone:
 
 
 SOURCES: dict[str, Source] = {
-    "hf": Source(lambda ref, o: load_hf(ref, trust_remote_code=o.trust_remote_code), rebuild_hf,
+    "hf": Source(lambda ref, o: load_hf(ref, trust_remote_code=o.trust_remote_code, lm=o.lm), rebuild_hf,
                  frozenset({"trust_remote_code"})),
     "timm": Source(lambda ref, o: load_timm(ref, cut_at=o.cut_at), rebuild_timm, frozenset({"cut_at"})),
     "torchvision": Source(lambda ref, o: load_torchvision(ref, replace=o.replace, cut_at=o.cut_at),
@@ -97,8 +103,9 @@ SOURCES: dict[str, Source] = {
     "run": Source(load_run_body, None),
 }
 PRESETS: dict[str, Source] = {
-    "minilm-l6": Source(lambda ref, o: load_minilm(), rebuild_hf),
+    "minilm-l6": Source(lambda ref, o: load_minilm(lm=o.lm), rebuild_hf),
     "efficientnet-lite0": Source(lambda ref, o: load_efficientnet_lite0(), rebuild_efficientnet_lite0),
+    "smollm2-135m": Source(lambda ref, o: load_smollm2(lm=o.lm), rebuild_hf),
 }
 
 
@@ -116,14 +123,15 @@ def find_source(spec: str) -> tuple[Source, str]:
 def load_backbone(spec: str, *, weights: str | None = None, kwargs: dict[str, Any] | None = None,
                   replace: str | None = None, cut_at: str | None = None, image_size: int | None = None,
                   trust_remote_code: bool = False, code_path: str | None = None,
-                  trust_code: bool = False) -> Backbone:
+                  trust_code: bool = False, lm: bool = False) -> Backbone:
     """Load pre-trained weights from any source and return the body without its old head.
 
     An option the source does not use is an error, not silently ignored; `trust_code` lets a `run:` source
     import the code its run folder names.
     """
     source, ref = find_source(spec)
-    options = LoadOptions(weights, kwargs, replace, cut_at, image_size, trust_remote_code, code_path, trust_code)
+    options = LoadOptions(weights, kwargs, replace, cut_at, image_size, trust_remote_code, code_path, trust_code,
+                          lm)
     for name, key in OPTION_KEYS.items():
         if getattr(options, name) and name not in source.accepts:
             users = [f"{prefix}:" for prefix, other in SOURCES.items() if name in other.accepts]

@@ -135,11 +135,15 @@ def _read_folder(root: Path, modality: Modality, encoding: str) -> list[Example]
 
 def read_text(file: Path, where: str | None = None, encoding: str = "utf-8") -> str:
     """A non-empty text file's content, or an error naming the file and the first byte that is not `encoding`."""
+    return _checked_text(decode_text(file, encoding), where or str(file))
+
+
+def decode_text(file: Path, encoding: str = "utf-8") -> str:
+    """A text file's content, or an error naming the file and the first byte that is not `encoding`."""
     try:
-        text = file.read_text(encoding=encoding, errors="strict")
+        return file.read_text(encoding=encoding, errors="strict")
     except UnicodeDecodeError as err:
         raise UserError(_not_decodable(file, encoding, err)) from None
-    return _checked_text(text, where or str(file))
 
 
 def _not_decodable(file: Path, encoding: str, err: UnicodeDecodeError) -> str:
@@ -204,6 +208,11 @@ def _guess_input_column(row: dict[str, object], modality: Modality, path: Path) 
             return name
     raise UserError(f"{path}: cannot tell which column holds the {modality}s (columns: {', '.join(row)}). "
                     "Set data.input_column.")
+
+
+def read_rows(path: Path, encoding: str = "utf-8") -> list[tuple[int, dict[str, object]]]:
+    """The (line, row) pairs of a CSV/TSV or JSONL file, checked."""
+    return _rows(path, _checked_format(path, "auto"), encoding)
 
 
 def _rows(path: Path, fmt: str, encoding: str) -> list[tuple[int, dict[str, object]]]:

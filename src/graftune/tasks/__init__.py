@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 BUILTIN = {
     "image-classification": "graftune.tasks.image_classification:ImageClassification",
     "text-classification": "graftune.tasks.text_classification:TextClassification",
+    "causal-lm": "graftune.tasks.causal_lm:CausalLM",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 

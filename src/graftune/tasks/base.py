@@ -7,12 +7,16 @@ The run path (graftune/run.py) calls a task in this order:
     TaskClass.resolve(cfg, backbone)       -> the task's own defaults filled in (a classifier's pooling)
     task = TaskClass(settings, schema)        bound to one run; everything below reads its settings
     task.build_model(backbone)             -> the GraftedModel to train (body, neck, new head)
-    task.items(examples)                   -> what batches are made of: (input, target) pairs
+    task.items(examples, preprocess)       -> what batches are made of: (input, target) pairs
+    task.lengths(items, preprocess)        -> tokens per item, for batches of similar length (or None)
     task.collate(preprocess) / .training_collate(preprocess)
                                            -> items to {"inputs": {...}, "targets": ...}
     task.step(model, batch, train)         -> the loss with the per-example outputs metrics need
     task.validation_metrics(evaluation)    -> each epoch's val_* numbers, the keys of `metrics`
     task.test_results(evaluation)          -> the "test" section of results.json; task.plots, task.summary
+    task.report(model, preprocess, examples) -> what else the test split shows (generated samples, ROUGE),
+                                              before training too when `evaluates_before`
+    task.save_weights / task.load_weights  -> the model folder's weights (a language model's: Transformers')
     task.read_labelled / read_inputs / predict / format_prediction
                                            -> `graftune evaluate` and `graftune predict`
 
@@ -36,9 +40,12 @@ from graftune.config import Config, DataConfig
 from graftune.data.inputs import input_encoder
 from graftune.data.readers import Example, read_prediction_inputs
 from graftune.data.splits import Splits
+from graftune.errors import UserError
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
-from graftune.preprocessing import Modality, Preprocess
+from graftune.preprocessing import Modality, Preprocess, TextPreprocess
+from graftune.sampling import token_lengths
+from graftune.weights import load_weights, save_weights
 
 Item = tuple[str, Any]  # (input: a text or a file path, target: what the loss compares with)
 Collate = Callable[[list[Item]], Batch]
@@ -61,6 +68,11 @@ class Task(ABC):
     # train.early_stopping.metric must be one of them.
     metrics: ClassVar[dict[str, Literal["max", "min"]]]
     default_metric: ClassVar[str]
+    # What the body must give: features for a new head, or a language model's own next-token logits.
+    needs: ClassVar[Literal["features", "logits"]] = "features"
+    default_strategy: ClassVar[str | None] = None  # strategy `auto` with nothing frozen; None: full
+    # Score the test split (and `forgetting_examples`) with the pre-trained model too, for a before/after.
+    evaluates_before: ClassVar[bool] = False
 
     def __init__(self, settings: Config, schema: dict[str, Any]) -> None:
         self.settings = settings
@@ -89,8 +101,12 @@ class Task(ABC):
         """The trainable model: the backbone's body with this task's new head."""
 
     @abstractmethod
-    def items(self, examples: list[Example]) -> list[Item]:
+    def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
         """Examples as (input, target) pairs; targets are what `collate` stacks (`default_collate`)."""
+
+    def lengths(self, items: list[Item], preprocess: Preprocess) -> list[int] | None:
+        """Tokens per item, for batches of texts of similar length; None when all items are alike (images)."""
+        return token_lengths([x for x, _ in items], preprocess) if isinstance(preprocess, TextPreprocess) else None
 
     @property
     def augment(self) -> bool:
@@ -132,6 +148,27 @@ class Task(ABC):
     def plots(self, results: dict[str, Any], folder: Path) -> None:
         """Task-specific plots of the test results, written into `folder`; none by default."""
         return None
+
+    def report(self, model: nn.Module, preprocess: Preprocess, examples: list[Example]) -> dict[str, Any]:
+        """What else the test examples show beyond `test_results` (generated samples, ROUGE); none by default."""
+        return {}
+
+    def forgetting_examples(self, path: str) -> list[Example] | None:
+        """Inputs of the original task (`regularize.retain`) to score before and after: what the model forgot.
+        None: the task does not measure forgetting this way (EWC may still use the inputs)."""
+        return None
+
+    def save_weights(self, model: GraftedModel, folder: Path, preprocess: Preprocess) -> None:
+        """The model folder's weights; graftune's own layout by default."""
+        save_weights(model, folder / "model.safetensors")
+
+    def load_weights(self, model: GraftedModel, folder: Path) -> None:
+        load_weights(model, folder / "model.safetensors")
+
+    def generate(self, model: GraftedModel, preprocess: Preprocess, prompt: str, on_text: Callable[[str], None],
+                 **options: Any) -> str:
+        """`graftune generate`: text that continues `prompt`, streamed to `on_text` as it comes."""
+        raise UserError(f"generate is for tasks that produce text; this run's task is {self.name}. Use predict.")
 
     @abstractmethod
     def summary(self, results: dict[str, Any]) -> str:

@@ -61,7 +61,7 @@ class Classification(Task):
         head = build_head(head_cfg, backbone.feature_dim, len(self.labels), head_cfg.pooling)
         return GraftedModel(backbone.body, head, Pooling(head_cfg.pooling), self.settings.freeze.batchnorm)
 
-    def items(self, examples: list[Example]) -> list[Item]:
+    def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
         index = {label: i for i, label in enumerate(self.labels)}
         return [(e.input, index[e.label]) for e in examples]
 
