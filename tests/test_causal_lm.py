@@ -188,3 +188,33 @@ def test_generate_streams_what_it_returns(llama: Path, news: Path, tmp_path: Pat
     again = fine_tuned.task.generate(fine_tuned.model, fine_tuned.preprocess, "the market", lambda _: None,
                                      max_new_tokens=5)
     assert again == text  # greedy by default: the same text every time
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+def test_decoder_layer_groups_are_embeddings_blocks_and_final_norm(family: str, tmp_path: Path) -> None:
+    """--freeze K, gradual and discriminative rates mean the same for Llama-, GPT-2- and Qwen-style decoders."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from graftune.backbones import load_backbone
+
+    tokenizer_source = helpers.write_tiny_llama(tmp_path / "tokenizer")
+    size = {"vocab_size": 30522}
+    config, model_class, block = {
+        "llama": (LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              num_key_value_heads=2, **size), LlamaForCausalLM, "model.model.layers."),
+        "gpt2": (GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=128, **size), GPT2LMHeadModel,
+                 "model.transformer.h."),
+        "qwen2": (Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              num_key_value_heads=2, **size), Qwen2ForCausalLM, "model.model.layers."),
+    }[family]
+    torch.manual_seed(0)
+    folder = tmp_path / family
+    model_class(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (tokenizer_source / name).exists():
+            (folder / name).write_bytes((tokenizer_source / name).read_bytes())
+    backbone = load_backbone(f"hf:{folder}", lm=True)
+    names = [group.name for group in backbone.groups]
+    assert names == ["stem", f"{block}0", f"{block}1", f"{block}2", "tail"], names
+    assert all("emb" in param or "wte" in param or "wpe" in param for param in backbone.groups[0].params)
+    assert backbone.produces == "logits"

@@ -193,3 +193,15 @@ def test_assignment_is_validated() -> None:
 def test_closest() -> None:
     assert closest("lrr", ["lr", "head_lr", "weight_decay"]) == " Did you mean 'lr'?"
     assert closest("qqq", ["lr", "head_lr"]) == ""
+
+
+def test_yes_no_on_off_are_strings_as_in_yaml_1_2(tmp_path: Path) -> None:
+    """YAML 1.1 reads `no` as false, so `mixed_precision: no` would fail; only true/false are booleans."""
+    path = tmp_path / "run.yaml"
+    path.write_text("task: text-classification\nmodel: {source: x}\ndata: {train: y, augment: off}\n"
+                    "train: {mixed_precision: no, progress: false}\n")
+    cfg = load_config(path, overrides=["data.chat_template=on"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.progress is False
+    assert cfg.data.augment is False and cfg.data.chat_template is True  # pydantic still reads off/on as booleans
+    assert load_config(None, ["task=text-classification", "model.source=x", "data.train=y",
+                              "train.mixed_precision=no"]).train.mixed_precision == "no"
