@@ -259,10 +259,16 @@ class FeatureFeeds:
         return self._loader(features, self.train, self.train_batches)
 
     def _loader(self, features: torch.Tensor, split: Split, batches: Any) -> Any:
+        """Validation batches sharded by Accelerate; training batches already sharded by their sampler."""
+        from accelerate.data_loader import prepare_data_loader
+
         dataset = CachedFeatures(features, [target for _, target in split.items])
         loader: DataLoader[Any] = DataLoader(dataset, batch_sampler=split.batches if batches is None else batches,
                                              collate_fn=collate_features)
-        return self.accelerator.prepare_data_loader(loader)
+        if batches is None:
+            return self.accelerator.prepare_data_loader(loader)
+        return prepare_data_loader(loader, device=self.accelerator.device, num_processes=1, process_index=0,
+                                   put_on_device=True)
 
     def _split_features(self, stage: str, split: Split, augment: bool, views: int) -> torch.Tensor:
         inputs = fingerprint_inputs([x for x, _ in split.items], self.modality)

@@ -18,6 +18,15 @@ def eval_batches(task: Task, items: list[Item], preprocess: Preprocess, batch_si
     return sorted_batches(task.lengths(items, preprocess), batch_size, len(items))
 
 
+def local_loader(loader: DataLoader[Any], accelerator: Any) -> Any:
+    """A training loader whose batch sampler already gives this process its share (sampling.ShuffledBatches):
+    placed on the device, and tracked for gradient accumulation, without Accelerate sharding it again."""
+    from accelerate.data_loader import prepare_data_loader
+
+    return prepare_data_loader(loader, device=accelerator.device, num_processes=1, process_index=0,
+                               put_on_device=True)
+
+
 def eval_loader(items: list[Item], collate: Collate, batches: FixedBatches, num_workers: int = 0) -> DataLoader[Any]:
     """Unshuffled, unaugmented batches for validation, test and `graftune evaluate`."""
     return DataLoader(items, batch_sampler=batches, collate_fn=collate,  # type: ignore[arg-type]

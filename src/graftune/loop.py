@@ -52,7 +52,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
     for batch in loader:
         with accelerator.accumulate(model):
             result = step(model, batch, True)
-            accelerator.backward(result.loss + penalty() if penalty is not None else result.loss)
+            # Several processes each hold a share of the batch, and DDP averages their gradients: weighting
+            # each share's mean by its share of the examples (tokens) makes that the mean of the whole batch.
+            loss = result.loss * _share(result.count, accelerator)
+            accelerator.backward(loss + penalty() if penalty is not None else loss)
             if grad_clip and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
             optimizer.step()
@@ -63,7 +66,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
         count += result.count
         if progress:
             progress()
+    if accelerator.num_processes > 1:  # the mean over every process's examples
+        summed = accelerator.reduce(torch.tensor([total, float(count)], device=accelerator.device), "sum")
+        return float(summed[0]) / max(1.0, float(summed[1]))
     return total / max(1, count)
+
+
+def _share(count: int, accelerator: Any) -> float:
+    """This process's examples (or tokens) as a share of the average process's in this step; 1 alone."""
+    if accelerator.num_processes == 1:
+        return 1.0
+    everyone = float(accelerator.reduce(torch.tensor(float(count), device=accelerator.device), "sum"))
+    return count * accelerator.num_processes / max(everyone, 1.0)
 
 
 @torch.inference_mode()

@@ -40,7 +40,7 @@ from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, d
 from graftune.fit import Monitor, Trainee, fit
 from graftune.freezing import frozen_parameter_names
 from graftune.grafted import GraftedModel, parameter_summary
-from graftune.loaders import eval_batches, eval_loader
+from graftune.loaders import eval_batches, eval_loader, local_loader
 from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
 from graftune.plots import learning_curves
@@ -233,8 +233,14 @@ class Run:
         train = self.settings.train
         self.accelerator = Accelerator(mixed_precision=train.mixed_precision,
                                        gradient_accumulation_steps=train.grad_accum)
-        self.prepared, self.optimizer, self.train_loader, self.val_loader, self.test_loader = self.accelerator.prepare(
-            self.model, self.optimizer, self.train_loader, self.val_loader, self.test_loader)
+        accelerator = self.accelerator
+        if accelerator.num_processes > train.batch_size:
+            raise UserError(f"train.batch_size={train.batch_size} is the batch of all {accelerator.num_processes} "
+                            "processes together: each needs at least one example. Give a larger batch size.")
+        self.batches.for_process(accelerator.process_index, accelerator.num_processes)
+        self.prepared, self.optimizer, self.val_loader, self.test_loader = accelerator.prepare(
+            self.model, self.optimizer, self.val_loader, self.test_loader)
+        self.train_loader = local_loader(self.train_loader, accelerator)
         if self.retain_loader is not None:
             self.retain_loader = self.accelerator.prepare_data_loader(self.retain_loader)
         self.steps_per_epoch = -(-len(self.train_loader) // train.grad_accum)

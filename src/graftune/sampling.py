@@ -11,6 +11,9 @@ Everything is a function of (seed, epoch), so a resumed run draws the same batch
 never holds a single example (BatchNorm cannot train on one): a last batch of one joins the batch
 before it.
 
+`train.batch_size` is the global batch: with several processes, each takes its share of every batch
+(`for_process`), so a run draws the same batches on one process as on many.
+
 Example:
     >>> batches = ShuffledBatches(16, seed=0, lengths=token_lengths(texts, preprocess))
     >>> batches.set_epoch(3)
@@ -43,11 +46,20 @@ class ShuffledBatches(Sampler[list[int]]):
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         self.lengths = list(lengths) if lengths is not None else None
         self.size = len(self.lengths) if self.lengths is not None else int(size or 0)
+        self.process, self.processes = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def for_process(self, index: int, count: int) -> None:
+        """Yield process `index`'s share (every `count`-th example) of each global batch."""
+        self.process, self.processes = index, count
+
     def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            yield batch[self.process::self.processes] if self.processes > 1 else batch
+
+    def _global_batches(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is None:
