@@ -124,10 +124,11 @@ def _epoch(trainee: Trainee, train_cfg: TrainConfig, epoch: int) -> dict[str, An
 
         train_loss = train_one_epoch(trainee.model, feed.train, trainee.optimizer, trainee.loop.scheduler,
                                      trainee.accelerator, trainee.step, trainee.grad_clip, progress, trainee.penalty)
+        trained = time.perf_counter() - started
         val = trainee.validation_metrics(evaluate(trainee.model, feed.val, trainee.step, trainee.accelerator,
                                                   advance))
     row.update({"train_loss": train_loss, "lr": current_lrs(trainee.optimizer), **val,
-                "seconds": round(time.perf_counter() - started, 3)})
+                "train_seconds": round(trained, 3), "seconds": round(time.perf_counter() - started, 3)})
     return row
 
 

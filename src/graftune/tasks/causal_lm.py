@@ -104,7 +104,7 @@ class CausalLM(Task):
     def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
         tokenizer, block = _tokenizer(preprocess), self.settings.data.block_size
         if self.form == "corpus":
-            documents = [tokenizer(e.input, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            documents = [[*_ids(tokenizer, e.input), tokenizer.eos_token_id]
                          for e in examples]
             return [(f"block {i}", sequence) for i, sequence in enumerate(pack_documents(documents, block))]
         sequences = [(e.where, pair_sequence(self.prompt_ids(tokenizer, e.input), self.completion_ids(tokenizer, e),
@@ -119,8 +119,8 @@ class CausalLM(Task):
         if self.settings.data.chat_template is True:
             text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                  add_generation_prompt=True)
-            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            return _ids(tokenizer, text)
+        return _ids(tokenizer, prompt)
 
     def completion_ids(self, tokenizer: Any, example: Example) -> list[int]:
         """The completion as the model must write it, ending where generation should stop."""
@@ -130,8 +130,8 @@ class CausalLM(Task):
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": example.input}], tokenize=False,
                                                    add_generation_prompt=True)
             rest = full[len(prompt):] if full.startswith(prompt) else example.label + tokenizer.eos_token
-            return list(tokenizer(rest, add_special_tokens=False)["input_ids"])
-        return [*tokenizer(example.label, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            return _ids(tokenizer, rest)
+        return [*_ids(tokenizer, example.label), tokenizer.eos_token_id]
 
     def lengths(self, items: list[Item], preprocess: Preprocess) -> list[int] | None:
         return [len(sequence.input_ids) for _, sequence in items]
@@ -183,7 +183,7 @@ class CausalLM(Task):
         """A pair's prompt; for a document, its first words (the first 16 tokens)."""
         if self.form == "pairs":
             return example.input
-        return str(tokenizer.decode(tokenizer(example.input, add_special_tokens=False)["input_ids"][:16]))
+        return str(tokenizer.decode(_ids(tokenizer, example.input)[:16]))
 
     def _generate(self, model: nn.Module, tokenizer: Any, prompt: str,
                   on_text: Callable[[str], None] | None = None, **options: Any) -> str:
@@ -191,7 +191,7 @@ class CausalLM(Task):
         settings unless `options` say otherwise."""
         generation = self.settings.generation.model_copy(update=options)
         ids = torch.tensor([self.prompt_ids(tokenizer, prompt) if self.form == "pairs" else
-                            tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+                            _ids(tokenizer, prompt)])
         language_model = _language_model(model)
         device = next(language_model.parameters()).device
         streamer = _streamer(tokenizer, on_text) if on_text else None
@@ -263,6 +263,12 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
                                                                                     strict=True)]
     return {key: float(sum(s[key].fmeasure for s in scores) / max(1, len(scores))) for key in
             ("rouge1", "rouge2", "rougeL")}
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` without special tokens (quietly: documents may be longer than the model reads,
+    and are packed into blocks)."""
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _perplexity(loss: float) -> float:
