@@ -60,7 +60,10 @@ class DataConfig(Section):
     split: SplitConfig = SplitConfig()
     max_length: int = Field(256, gt=0, description="token limit for text backbones")
     image_size: int | None = Field(None, gt=0, description="input size; default: the backbone's own")
-    augment: bool = Field(True, description="random resized crop + horizontal flip on training images")
+    augment: bool = Field(True, description="random resized crop + horizontal flip on training images; for video, "
+                                            "one crop per clip and temporal jitter (see video.flip)")
+    skip_unreadable: bool = Field(False, description="leave out image and video files that do not decode (counted "
+                                                     "in a warning) instead of stopping before training")
     group_by_length: bool = Field(True, description="text: training batches of similar lengths (shuffled "
                                                     "buckets), so little compute goes to padding")
     form: Literal["auto", "corpus", "pairs"] = Field(
@@ -216,6 +219,22 @@ class GenerationConfig(Section):
     seed: int = 0
 
 
+class VideoConfig(Section):
+    """Video tasks: which frames a clip gives, and how the model reads them in order (graftune/data/videos.py)."""
+
+    frames: int = Field(8, ge=1, description="frames sampled per clip (K)")
+    sampling: Literal["uniform", "segments"] = Field(
+        "uniform", description="uniform: K evenly spaced frames, jittered together in training; segments (TSN): "
+                               "one frame from each of K equal segments, a random one in training")
+    temporal: Literal["auto", "mean", "conv", "attention"] = Field(
+        "auto", description="the head over the frames' features; auto: conv (it beat mean pooling and "
+                            "attention on motion in benchmarks/video.py)")
+    inflate: int = Field(0, ge=0, description="temporal kernel size to inflate the image CNN's convolutions "
+                                              "into 3D ones (I3D); 0: the body sees frames one by one")
+    flip: bool = Field(False, description="mirror training clips; off because mirroring turns clockwise into "
+                                          "counter-clockwise and left into right")
+
+
 class CacheConfig(Section):
     """Body features computed once for the stages that train only the head (see graftune/features.py)."""
 
@@ -239,6 +258,7 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
+    video: VideoConfig = VideoConfig()
     cache: CacheConfig = CacheConfig()
 
     @field_validator("task")

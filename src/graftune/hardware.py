@@ -33,7 +33,7 @@ def resolve_workers(choice: int | str, modality: str) -> int:
     """Data-loader worker processes; a number other than 'auto' is kept as it is."""
     if choice != "auto":
         return int(choice)
-    if modality != "image" or not torch.cuda.is_available():
+    if modality not in ("image", "video") or not torch.cuda.is_available():
         return 0
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Modality = Literal["image", "text"]
+Modality = Literal["image", "text", "video"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,10 +23,12 @@ class ImagePreprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875
+    frames: int | None = None  # a video model's frames per clip (its position embeddings fix them)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "image", "size": self.size, "mean": list(self.mean), "std": list(self.std),
+        spec = {"kind": "image", "size": self.size, "mean": list(self.mean), "std": list(self.std),
                 "crop_pct": self.crop_pct}
+        return {**spec, "frames": self.frames} if self.frames else spec
 
 
 @dataclass

@@ -30,16 +30,17 @@ STRATEGY_KEYS = {"unfreeze_every": ("gradual", "ulmfit"), "probe_epochs": ("lp-f
                  "plateau_patience": ("lp-ft", "custom"), "lora": ("lora",), "stages": ("custom",)}
 # Body rates of strategies that train something other than a body from its pre-trained point.
 STRATEGY_LR = {"linear-probe": 1e-2, "bitfit": 1e-3, "lora": 5e-4}
-BODY_LR = {"text": 5e-5, "image": 3e-4}  # a body that trains, by modality
+BODY_LR = {"text": 5e-5, "image": 3e-4, "video": 1e-4}  # a body that trains, by modality (video: VideoMAE's)
 
 
 def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Config:
     """The user's `cfg` with every default decided for this backbone and task (see the module docstring).
 
     Rates: a head on a frozen body gets 1e-2 (a linear probe is a convex problem that tolerates, and
-    needs, large steps); a body that trains gets 5e-5 (text) or 3e-4 (images) and its head 20x that,
-    capped at 1e-3. Adapters and biases (lora, bitfit) learn from scratch-like starting points and take
-    larger rates: 5e-4 and 1e-3.
+    needs, large steps); a body that trains gets 5e-5 (text), 3e-4 (images, and image networks run on
+    video frames) or 1e-4 (video models such as VideoMAE) and its head 20x that, capped at 1e-3.
+    Adapters and biases (lora, bitfit) learn from scratch-like starting points and take larger rates: 5e-4
+    and 1e-3.
     """
     name = resolve_name(cfg, task.default_strategy)
     _check_strategy(cfg, name)

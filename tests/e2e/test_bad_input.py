@@ -26,6 +26,7 @@ from PIL import Image
 from rich.console import Console
 
 import graftune
+from graftune.data.motion_clips import write_motion_clips
 from tests.e2e.cli import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -41,6 +42,8 @@ class Kit:
     llama: Path  # a tiny Llama causal LM with the same tokenizer
     text_run: Path  # finished: tiny BERT on the text data
     image_run: Path  # finished: module:helpers:tiny_cnn on the images
+    clips: Path  # generated motion clips, two classes (cw-in, ccw-out)
+    video_run: Path  # finished: module:helpers:tiny_cnn per frame on the clips
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,11 @@ def kit(bbc_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Kit:
                    console=quiet)
     graftune.train({**image_config(images), "train": {"epochs": 1, "batch_size": 8, "progress": False}},
                    root / "image-run", console=quiet)
-    return Kit(bbc_folder, images, bert, llama, root / "text-run", root / "image-run")
+    clips = root / "clips"
+    write_motion_clips(clips, per_class=4, frames=4, size=32, forward=("cw-in",))
+    graftune.train({**video_config(clips), "train": {"epochs": 1, "batch_size": 4, "progress": False}},
+                   root / "video-run", console=quiet)
+    return Kit(bbc_folder, images, bert, llama, root / "text-run", root / "image-run", clips, root / "video-run")
 
 
 def text_config(data: Path, bert: Path) -> dict[str, Any]:
@@ -65,6 +72,11 @@ def text_config(data: Path, bert: Path) -> dict[str, Any]:
 def image_config(data: Path) -> dict[str, Any]:
     return {"task": "image-classification", "model": {"source": "module:helpers:tiny_cnn"},
             "data": {"train": str(data), "image_size": 16, "augment": False}, "freeze": {"body": 2}}
+
+
+def video_config(data: Path) -> dict[str, Any]:
+    return {"task": "video-classification", "model": {"source": "module:helpers:tiny_cnn"},
+            "data": {"train": str(data), "image_size": 16}, "video": {"frames": 4}, "freeze": {"body": "all"}}
 
 
 # --- the cases ---------------------------------------------------------------------------------------------
@@ -727,6 +739,85 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     path = table(user, "pairs.jsonl", "".join(f'{{"prompt": "p{i}", "completion": "c{i}"}}\n' for i in range(9)))
     return lm_train(user, kit, path, "--set", "data.chat_template=true"), ["data.chat_template=true",
                                                                            "no chat template"]
+
+
+def video_train(user: Path, kit: Kit, data: Path, *extra: Any) -> list[Any]:
+    return ["train", "--task", "video-classification", "--model", "module:helpers:tiny_cnn", "--data", data,
+            "--set", "data.image_size=16", "--set", "video.frames=4", "--epochs", "1", "--out", user / "run", *extra]
+
+
+@case("video: a clip that is not a video")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    data = copy(kit.clips, user, "clips")
+    bad = data / "cw-in" / "broken.mp4"
+    bad.write_bytes(b"\x00\x01 not a video at all" * 50)
+    return video_train(user, kit, data), [str(bad), "cannot decode video broken.mp4"]
+
+
+@case("video: an empty clip file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    data = copy(kit.clips, user, "clips")
+    bad = data / "ccw-out" / "empty.webm"
+    bad.write_bytes(b"")
+    return video_train(user, kit, data), [str(bad), "empty.webm"]
+
+
+@case("video: a clip cut short mid-file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    data = copy(kit.clips, user, "clips")
+    bad = data / "cw-in" / "000.mp4"
+    bad.write_bytes(bad.read_bytes()[:200])
+    return video_train(user, kit, data), [str(bad), "000.mp4"]
+
+
+@case("video: a CSV row whose clip is missing")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    data = copy(kit.clips, user, "clips")
+    table = user / "clips.csv"
+    rows = [f"{p.relative_to(user)},{p.parent.name}" for p in sorted(data.rglob("*.mp4"))]
+    table.write_text("video,label\n" + "\n".join([*rows, "clips/cw-in/gone.mp4,cw-in"]) + "\n")
+    return video_train(user, kit, table), [f"{table}:{len(rows) + 2}", "gone.mp4 not found"]
+
+
+@case("video: a class folder without video files")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    data = copy(kit.clips, user, "clips")
+    (data / "notes").mkdir()
+    (data / "notes" / "a.txt").write_text("not a clip")
+    return video_train(user, kit, data), [str(data / "notes"), "has no video files", ".mp4"]
+
+
+@case("video: a text model for clips")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = video_train(user, kit, copy(kit.clips, user, "clips"))
+    args[args.index("module:helpers:tiny_cnn")] = f"hf:{kit.bert}"
+    return args, ["is a text model", "reads videos", "Choose an image or video model"]
+
+
+@case("video: mixup on clips")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return video_train(user, kit, copy(kit.clips, user, "clips"), "--set", "regularize.mixup=0.2"), [
+        "regularize.mixup", "remove them for video"]
+
+
+@case("video: an unknown temporal head")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return video_train(user, kit, copy(kit.clips, user, "clips"), "--set", "video.temporal=lstm"), [
+        "video.temporal", "'mean'", "'conv'", "'attention'"]
+
+
+@case("predict: an image file on a video run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    image = next(copy(kit.images, user, "images").rglob("*.png"))
+    return ["predict", copy(kit.video_run, user, "run"), image, "--trust-code"], [
+        str(image), "not a video file", ".mp4"]
+
+
+@case("predict: a corrupt clip on a video run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    clip = user / "clip.mkv"
+    clip.write_bytes(b"\x1aE\xdf\xa3 broken matroska")
+    return ["predict", copy(kit.video_run, user, "run"), clip, "--trust-code"], [str(clip), "clip.mkv"]
 
 
 @case("generate: a classifier")

@@ -90,8 +90,9 @@ class Backbone:
     def example_inputs(self, batch: int = 2) -> dict[str, torch.Tensor]:
         """A small batch in the body's input format, for shape probes and contract tests."""
         if isinstance(self.preprocess, ImagePreprocess):
-            size = self.preprocess.size
-            return {"pixel_values": torch.randn(batch, 3, size, size)}
+            size, frames = self.preprocess.size, self.preprocess.frames
+            shape = (batch, frames, 3, size, size) if frames else (batch, 3, size, size)
+            return {"pixel_values": torch.randn(*shape)}
         texts = ["a short example", "another one"]
         tokens = self.preprocess.tokenizer([texts[i % 2] for i in range(batch)], return_tensors="pt", padding=True)
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}

@@ -7,6 +7,7 @@ trains; the loaded model saves like any other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -74,16 +75,18 @@ def load_hf(where: str, *, pretrained: bool = True, trust_remote_code: bool = Fa
     if not lm and getattr(model, "pooler", None) is not None:
         model.pooler = None  # the new head pools the hidden states itself; the old pooler is dead compute
     is_image = not lm and (hasattr(config, "image_size") or hasattr(config, "num_channels"))
+    frames = getattr(config, "num_frames", None) if is_image else None  # VideoMAE, ViViT, TimeSformer
     body: nn.Module
     preprocess: ImagePreprocess | TextPreprocess
     if is_image:
         body = ImageBody(model, output="last_hidden_state")
-        preprocess = _image_preprocess(folder, int(getattr(config, "image_size", 224)))
+        preprocess = dataclasses.replace(_image_preprocess(folder, int(getattr(config, "image_size", 224))),
+                                         frames=int(frames) if frames else None)
     else:
         body = HFCausalLMBody(model) if lm else HFTextBody(model)
         preprocess = _text_preprocess(folder, options, getattr(config, "max_position_embeddings", None))
     backbone = Backbone(body=body, feature_dim=0, groups=generic_groups(body), preprocess=preprocess,
-                        modality="image" if is_image else "text", default_pooling="cls",
+                        modality=("video" if frames else "image") if is_image else "text", default_pooling="cls",
                         source=source or f"hf:{where}", save_files=_saver(model, preprocess, folder),
                         produces="logits" if lm else "features", peft_target="model")
     backbone.default_pooling = _default_pooling(Path(folder), backbone.probe())
@@ -153,6 +156,8 @@ def _default_pooling(folder: Path, backbone: Backbone) -> str:
             return "max"
         if modes.get("pooling_mode_cls_token"):
             return "cls"
+    if backbone.modality == "video":
+        return "mean"  # VideoMAE and its kind average their tokens; they have no class token
     if backbone.modality == "image":
         return "avg" if backbone.feature_rank == 4 else "cls"
     return "cls"

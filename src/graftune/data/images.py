@@ -51,9 +51,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float] = (0.35, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
-    width, height = image.size
+def crop_box(image_size: tuple[int, int], scale: tuple[float, float] = (0.35, 1.0),
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int] | None:
+    """A random box (left, top, right, bottom) of `scale` of the area and `ratio` aspect, inside an image of
+    `image_size`; None when ten draws do not fit (then take the centre crop)."""
+    width, height = image_size
     area = width * height
     for _ in range(10):
         target = area * random.uniform(*scale)
@@ -63,8 +65,18 @@ def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float
         if 0 < w <= width and 0 < h <= height:
             left = random.randint(0, width - w)
             top = random.randint(0, height - h)
-            return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-    return center_crop(image, size, 1.0)
+            return left, top, left + w, top + h
+    return None
+
+
+def random_resized_crop(image: Image.Image, size: int) -> Image.Image:
+    box = crop_box(image.size)
+    return center_crop(image, size, 1.0) if box is None else resized(image, size, box)
+
+
+def resized(image: Image.Image, size: int, box: tuple[int, int, int, int]) -> Image.Image:
+    """The `box` of `image`, scaled to a `size` square."""
+    return image.resize((size, size), Image.Resampling.BILINEAR, box=box)
 
 
 def center_crop(image: Image.Image, size: int, crop_pct: float) -> Image.Image:

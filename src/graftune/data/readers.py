@@ -1,9 +1,11 @@
-"""Readers for labelled examples: class folders (images or .txt texts) and CSV/JSONL tables.
+"""Readers for labelled examples: class folders (images, videos or .txt texts) and CSV/JSONL tables.
 
 Every example remembers where it came from (`file` or `file:line`), so errors and the recorded split
 can point at it. Inputs are read faithfully or refused: text in the configured encoding (`data.encoding`,
 UTF-8 by default) or an error naming the file and byte; every image opened; files a class folder holds
-in another format are reported, and a class left with nothing is an error.
+in another format are reported, and a class left with nothing is an error. Image and video files are
+opened (videos decoded whole) before training; with `data.skip_unreadable` the ones that fail are left
+out and counted in one warning instead.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import csv
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from graftune.data.videos import VIDEO_SUFFIXES, check_video
 from graftune.errors import InputWarning, UserError, closest
 from graftune.preprocessing import Modality
 
@@ -27,7 +32,7 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled input: the text itself, or the path of an image file."""
+    """One labelled input: the text itself, or the path of an image or video file."""
 
     input: str
     label: str
@@ -35,14 +40,19 @@ class Example:
 
 
 def read_examples(path: str | Path, modality: Modality, fmt: str = "auto", input_column: str | None = None,
-                  label_column: str = "label", encoding: str = "utf-8") -> list[Example]:
+                  label_column: str = "label", encoding: str = "utf-8", skip_unreadable: bool = False) -> list[Example]:
     """Read every labelled example under `path` (a class-folder root, a .csv or a .jsonl file)."""
     path = Path(path)
     fmt = _checked_format(path, fmt)
+    skipped: list[str] = []
     if fmt == "folder":
-        examples = _read_folder(path, modality, encoding)
+        examples = _read_folder(path, modality, encoding, skipped if skip_unreadable else None)
     else:
-        examples = _read_table(path, fmt, modality, input_column, label_column, encoding)
+        examples = _read_table(path, fmt, modality, input_column, label_column, encoding,
+                               skipped if skip_unreadable else None)
+    if skipped:
+        warnings.warn(f"{path}: left out {len(skipped)} unreadable {modality} file(s) (data.skip_unreadable), "
+                      f"first: {skipped[0]}", InputWarning, stacklevel=2)
     if not examples:
         raise UserError(f"{path}: no examples found. Expected class folders (ROOT/LABEL/file) or a CSV/JSONL file.")
     return examples
@@ -58,12 +68,13 @@ def read_unlabelled(path: str | Path, modality: Modality, input_column: str | No
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _suffixes(modality)
                        and not p.name.startswith("."))
-        inputs = [read_text(f, encoding=encoding) if modality == "text" else _checked_image(f) for f in files]
+        inputs = [read_text(f, encoding=encoding) if modality == "text" else checked_file(f, modality) for f in files]
     elif modality == "text" and path.suffix.lower() == ".txt":
         inputs = [line for line in read_text(path, encoding=encoding).splitlines() if line.strip()]
     else:
         fmt = _checked_format(path, "auto")
-        inputs = [_input_of(row, line, path, modality, input_column) for line, row in _rows(path, fmt, encoding)]
+        inputs = [value for line, row in _rows(path, fmt, encoding)
+                  if (value := _input_of(row, line, path, modality, input_column)) is not None]
     if not inputs:
         raise UserError(f"{path}: no {modality} inputs found.")
     return inputs
@@ -106,10 +117,15 @@ def _detect_format(path: Path) -> str:
 
 
 def _suffixes(modality: Modality) -> set[str]:
-    return IMAGE_SUFFIXES if modality == "image" else TEXT_SUFFIXES
+    return {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES, "text": TEXT_SUFFIXES}[modality]
 
 
-def _read_folder(root: Path, modality: Modality, encoding: str) -> list[Example]:
+def checked_file(file: Path, modality: Modality, where: str | None = None) -> str:
+    """The path of an image or video file that opens, or an error naming it."""
+    return check_video(file, where) if modality == "video" else _checked_image(file, where)
+
+
+def _read_folder(root: Path, modality: Modality, encoding: str, skipped: list[str] | None = None) -> list[Example]:
     examples = []
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
@@ -128,9 +144,24 @@ def _read_folder(root: Path, modality: Modality, encoding: str) -> list[Example]
             warnings.warn(f"{class_dir}: ignored {kinds} file(s) that are not {', '.join(sorted(suffixes))}.",
                           InputWarning, stacklevel=2)
         for file in usable:
-            content = read_text(file, encoding=encoding) if modality == "text" else _checked_image(file)
-            examples.append(Example(content, class_dir.name, str(file)))
+            if modality == "text":
+                examples.append(Example(read_text(file, encoding=encoding), class_dir.name, str(file)))
+                continue
+            checked = _unless_skipped(partial(checked_file, file, modality), skipped)
+            if checked is not None:
+                examples.append(Example(checked, class_dir.name, str(file)))
     return examples
+
+
+def _unless_skipped(check: Callable[[], str], skipped: list[str] | None) -> str | None:
+    """`check()`, or None with its error noted in `skipped` when the user lets unreadable files be left out."""
+    try:
+        return check()
+    except UserError as err:
+        if skipped is None:
+            raise
+        skipped.append(str(err))
+        return None
 
 
 def read_text(file: Path, where: str | None = None, encoding: str = "utf-8") -> str:
@@ -172,7 +203,7 @@ def _checked_image(file: Path, where: str | None = None) -> str:
 
 
 def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | None, label_column: str,
-                encoding: str) -> list[Example]:
+                encoding: str, skipped: list[str] | None = None) -> list[Example]:
     examples = []
     for line, row in _rows(path, fmt, encoding):
         where = f"{path}:{line}"
@@ -182,12 +213,16 @@ def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | No
         label = row[label_column]
         if label is None or str(label).strip() == "":
             raise UserError(f"{where}: empty label in column '{label_column}'.")
-        examples.append(Example(_input_of(row, line, path, modality, input_column), str(label).strip(), where))
+        value = _input_of(row, line, path, modality, input_column, skipped)
+        if value is not None:
+            examples.append(Example(value, str(label).strip(), where))
     return examples
 
 
-def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality, input_column: str | None) -> str:
-    """The checked text, or the path of the checked image (relative to the table's folder), of one row."""
+def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality, input_column: str | None,
+              skipped: list[str] | None = None) -> str | None:
+    """The checked text, or the path of the checked image or video (relative to the table's folder), of one row;
+    None for a file that does not open when `skipped` collects those."""
     where = f"{path}:{line}"
     column = input_column or _guess_input_column(row, modality, path)
     if column not in row:
@@ -197,12 +232,14 @@ def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality,
     if modality == "text":
         return _checked_text(value, where)
     if not value.strip():
-        raise UserError(f"{where}: empty image path in column '{column}'.")
-    return _checked_image(Path(value) if Path(value).is_absolute() else path.parent / value, where)
+        raise UserError(f"{where}: empty {modality} path in column '{column}'.")
+    file = Path(value) if Path(value).is_absolute() else path.parent / value
+    return _unless_skipped(partial(checked_file, file, modality, where), skipped)
 
 
 def _guess_input_column(row: dict[str, object], modality: Modality, path: Path) -> str:
-    candidates = ("text", "sentence", "content") if modality == "text" else ("image", "path", "file", "filename")
+    candidates = {"text": ("text", "sentence", "content"), "image": ("image", "path", "file", "filename"),
+                  "video": ("video", "clip", "path", "file", "filename")}[modality]
     for name in candidates:
         if name in row:
             return name
@@ -256,21 +293,22 @@ def _jsonl_rows(path: Path, encoding: str) -> list[tuple[int, dict[str, object]]
 
 def read_prediction_inputs(files: list[str], texts: list[str], modality: Modality,
                            encoding: str = "utf-8") -> list[tuple[str, str]]:
-    """(name, input) pairs for `graftune predict`: text files are read, image files are checked, --text
-    values pass through."""
+    """(name, input) pairs for `graftune predict`: text files are read, image and video files are checked,
+    --text values pass through."""
     inputs = []
     for name in files:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"{path}: input file not found.")
-        if modality == "image":
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise UserError(f"{path}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-            inputs.append((name, _checked_image(path)))
+        if modality != "text":
+            if path.suffix.lower() not in _suffixes(modality):
+                raise UserError(f"{path}: not {'a video' if modality == 'video' else 'an image'} file "
+                                f"({', '.join(sorted(_suffixes(modality)))}).")
+            inputs.append((name, checked_file(path, modality)))
         else:
             inputs.append((name, read_text(path, encoding=encoding)))
-    if texts and modality == "image":
-        raise UserError("--text is for text models; this run classifies images.")
+    if texts and modality != "text":
+        raise UserError(f"--text is for text models; this run classifies {modality}s.")
     for i, text in enumerate(texts):
         if not text.strip():
             raise UserError(f"--text #{i + 1}: empty text.")

@@ -25,8 +25,8 @@ PARTS = ("train", "val", "test")
 
 
 def digest(example: Example, modality: Modality) -> str:
-    """A digest of the example's label and content: its text, or the bytes of its image file."""
-    content = Path(example.input).read_bytes() if modality == "image" else example.input.encode("utf-8")
+    """A digest of the example's label and content: its text, or the bytes of its image or video file."""
+    content = example.input.encode("utf-8") if modality == "text" else Path(example.input).read_bytes()
     return hashlib.blake2b(example.label.encode("utf-8") + b"\x00" + content, digest_size=16).hexdigest()
 
 

@@ -30,7 +30,8 @@ def read_splits(data: DataConfig, modality: Modality) -> Splits:
     every split's labels are known to train."""
 
     def read(path: str | Path) -> list[Example]:
-        return read_examples(path, modality, data.format, data.input_column, data.label_column, data.encoding)
+        return read_examples(path, modality, data.format, data.input_column, data.label_column, data.encoding,
+                             data.skip_unreadable)
 
     folders = split_folders(Path(data.train)) if data.format in ("auto", "folder") else None
     paths: dict[str, str | Path | None] = {"train": data.train, "val": data.val, "test": data.test}

@@ -19,6 +19,7 @@ BUILTIN = {
     "image-classification": "graftune.tasks.image_classification:ImageClassification",
     "text-classification": "graftune.tasks.text_classification:TextClassification",
     "causal-lm": "graftune.tasks.causal_lm:CausalLM",
+    "video-classification": "graftune.tasks.video_classification:VideoClassification",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 

@@ -9,6 +9,7 @@ The run path (graftune/run.py) calls a task in this order:
     task.build_model(backbone)             -> the GraftedModel to train (body, neck, new head)
     task.items(examples, preprocess)       -> what batches are made of: (input, target) pairs
     task.lengths(items, preprocess)        -> tokens per item, for batches of similar length (or None)
+    task.encoder(preprocess, augment)      -> inputs (texts, file paths) to the tensors the model takes
     task.collate(preprocess) / .training_collate(preprocess)
                                            -> items to {"inputs": {...}, "targets": ...}
     task.step(model, batch, train)         -> the loss with the per-example outputs metrics need
@@ -37,7 +38,7 @@ from torch.utils.data import default_collate
 
 from graftune.backbones.base import Backbone
 from graftune.config import Config, DataConfig
-from graftune.data.inputs import input_encoder
+from graftune.data.inputs import EncodeInputs, input_encoder
 from graftune.data.readers import Example, read_prediction_inputs
 from graftune.data.splits import Splits
 from graftune.errors import UserError
@@ -63,7 +64,9 @@ class Task(ABC):
     """One kind of problem (see the module docstring for the order of calls)."""
 
     name: ClassVar[str]
-    modality: ClassVar[Modality]
+    modality: ClassVar[Modality]  # what the data files hold
+    # The backbones the task builds on, by modality; default: its own (a video task also takes image networks).
+    backbone_modalities: ClassVar[tuple[Modality, ...] | None] = None
     # Validation metrics the task reports every epoch, and whether higher ("max") or lower is better;
     # train.early_stopping.metric must be one of them.
     metrics: ClassVar[dict[str, Literal["max", "min"]]]
@@ -108,19 +111,27 @@ class Task(ABC):
         """Tokens per item, for batches of texts of similar length; None when all items are alike (images)."""
         return token_lengths([x for x, _ in items], preprocess) if isinstance(preprocess, TextPreprocess) else None
 
+    @classmethod
+    def accepts(cls, backbone_modality: Modality) -> bool:
+        return backbone_modality in (cls.backbone_modalities or (cls.modality,))
+
     @property
     def augment(self) -> bool:
-        """Whether training inputs are random views (image crops and flips), new every epoch."""
-        return self.settings.data.augment and self.modality == "image"
+        """Whether training inputs are random views (image crops and flips, clip jitter), new every epoch."""
+        return self.settings.data.augment and self.modality in ("image", "video")
 
     @property
     def mixes_inputs(self) -> bool:
         """Whether training batches blend examples' inputs (mixup), so no cache can stand in for the body."""
         return False
 
+    def encoder(self, preprocess: Preprocess, augment: bool = False) -> EncodeInputs:
+        """Inputs to the tensors the model takes: image pixels or token ids by default (data/inputs.py)."""
+        return input_encoder(preprocess, augment)
+
     def collate(self, preprocess: Preprocess, augment: bool = False) -> Collate:
         """Items to a batch: inputs as the body takes them, targets stacked."""
-        encode = input_encoder(preprocess, augment)
+        encode = self.encoder(preprocess, augment)
 
         def collate(items: list[Item]) -> Batch:
             return {"inputs": encode([x for x, _ in items]), "targets": default_collate([t for _, t in items])}

@@ -16,7 +16,6 @@ from torch import nn
 
 from graftune.backbones.base import Backbone
 from graftune.config import Config, DataConfig
-from graftune.data.inputs import input_encoder
 from graftune.data.readers import Example, read_examples
 from graftune.data.splits import read_splits
 from graftune.errors import UserError
@@ -135,7 +134,7 @@ class Classification(Task):
     @torch.inference_mode()
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
                 batch_size: int = 32) -> list[dict[str, Any]]:
-        encode = input_encoder(preprocess)
+        encode = self.encoder(preprocess)
         model.eval()
         results = []
         for start in range(0, len(inputs), batch_size):
