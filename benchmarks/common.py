@@ -70,3 +70,12 @@ def print_aligned(lines: Sequence[tuple[str, ...]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def print_checks(checks: Sequence[dict[str, Any]]) -> None:
+    """The targets table: each check's target, measured value, bound and PASS/FAIL; nothing when none."""
+    if checks:
+        print()
+        print_aligned([("target", "measured", "bound", "result")] +
+                      [(c["target"], f"{c['value']:.3f}", c["bound"], "PASS" if c["passed"] else "FAIL")
+                       for c in checks])

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import close, print_aligned, run_worker, write_report, write_row
+from benchmarks.common import close, print_aligned, print_checks, run_worker, write_report, write_row
 
 FORTUNES = Path("/usr/share/games/fortunes")
 BLOCK = 256
@@ -359,11 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                   [(r["tool"], f"{before:.2f}", f"{r['ppl_after']:.2f}", f"{r['tokens_per_second']:.0f}",
                     f"{r['fraction_of_fp32_peak']:.3f}", f"{r['fraction_of_bf16_peak']:.3f}",
                     f"{r['peak_rss_mib']:.0f} MiB") for r in rows])
-    if checks:
-        print()
-        print_aligned([("target", "measured", "bound", "result")] +
-                      [(c["target"], f"{c['value']:.3f}", c["bound"], "PASS" if c["passed"] else "FAIL")
-                       for c in checks])
+    print_checks(checks)
     return close(report, out)
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import close, print_aligned, run_worker, write_report, write_row
+from benchmarks.common import close, print_aligned, print_checks, run_worker, write_report, write_row
 from benchmarks.foundation import SEED, build_bbc, build_fmnist
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -192,11 +192,7 @@ def print_report(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> No
                              f"{r.get('accuracy_vs_graftune', 0):+.4f}", f"{r['train_seconds']:.1f}",
                              f"{r.get('time_vs_graftune', 1):.2f}", f"{r['samples_per_second']:.1f}",
                              f"{r['peak_rss_mib']:.0f} MiB") for r in rows])
-    if checks:
-        print()
-        print_aligned([("target", "measured", "bound", "result")] +
-                      [(c["target"], f"{c['value']:.3f}", c["bound"], "PASS" if c["passed"] else "FAIL")
-                       for c in checks])
+    print_checks(checks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,8 +45,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
 
 
 def test_generated_clips_decode_whole(clips: dict[str, list[Path]]) -> None:
-    assert sorted(clips) == ["ccw-in", "ccw-out", "cw-in", "cw-out"]
-    path = clips["cw-in"][0]
+    assert sorted(clips) == ["grow", "grow-shrink", "shrink", "shrink-grow"]
+    path = clips["grow"][0]
     assert count_frames(path) == 12
     frames = decode(path, short_side=32)
     assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
@@ -55,8 +55,8 @@ def test_generated_clips_decode_whole(clips: dict[str, list[Path]]) -> None:
 
 
 def test_reversed_pairs_hold_the_same_frames_in_the_other_order(clips: dict[str, list[Path]]) -> None:
-    forward, backward = decode(clips["cw-in"][0], 32), decode(clips["ccw-out"][0], 32)
-    other = decode(clips["cw-in"][1], 32)
+    forward, backward = decode(clips["grow"][0], 32), decode(clips["shrink"][0], 32)
+    other = decode(clips["grow"][1], 32)
     assert np.abs(forward.astype(int) - backward[::-1].astype(int)).mean() < 3  # codec noise only
     assert np.abs(forward.astype(int) - backward.astype(int)).mean() > 3 * np.abs(
         forward.astype(int) - backward[::-1].astype(int)).mean()
@@ -103,7 +103,7 @@ def test_augmentation_is_one_crop_for_every_frame_of_a_clip(tmp_path: Path) -> N
 def test_a_clip_is_decoded_once(clips: dict[str, list[Path]]) -> None:
     decoded, preprocess = DecodedClips(), ImagePreprocess(size=24)
     for _ in range(3):
-        clip_tensor(str(clips["cw-out"][0]), preprocess, 4, "segments", augment=True, decoded=decoded)
+        clip_tensor(str(clips["shrink-grow"][0]), preprocess, 4, "segments", augment=True, decoded=decoded)
     assert decoded.decodes == 1
 
 
@@ -116,7 +116,7 @@ def test_corrupt_and_empty_videos_are_named(tmp_path: Path, clips: dict[str, lis
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8).tobytes())
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(clips["cw-in"][0].read_bytes()[:300])
+    cut.write_bytes(clips["grow"][0].read_bytes()[:300])
     for bad in (empty, garbage, cut):
         with pytest.raises(UserError, match=re.escape(bad.name)):
             check_video(bad)
@@ -126,7 +126,7 @@ def test_unreadable_videos_are_skipped_and_counted_when_allowed(tmp_path: Path, 
     for label in ("left", "right"):
         (tmp_path / label).mkdir()
         for n in range(2):
-            (tmp_path / label / f"{n}.mp4").write_bytes(clips["cw-in"][n].read_bytes())
+            (tmp_path / label / f"{n}.mp4").write_bytes(clips["grow"][n].read_bytes())
     (tmp_path / "left" / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(UserError, match=r"broken\.mp4"):
         read_examples(tmp_path, "video")
@@ -248,15 +248,68 @@ def test_a_transformers_video_model_takes_whole_clips(tmp_path: Path) -> None:
                             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     VideoMAEModel(config).save_pretrained(tmp_path / "videomae")
     data = tmp_path / "clips"
-    write_motion_clips(data, per_class=4, frames=6, size=32, forward=("cw-in",))
+    write_motion_clips(data, per_class=4, frames=6, size=32, classes=("grow", "shrink"))
     result = graftune.train({"task": "video-classification", "model": {"source": f"hf:{tmp_path / 'videomae'}"},
                              "data": {"train": str(data)}, "train": {"epochs": 1, "batch_size": 4, "progress": False}},
                             tmp_path / "run", console=Console(quiet=True))
     settings = (result.dir / "config.yaml").read_text()
     assert "frames: 4" in settings and "pooling: mean" in settings  # the model's own frame count
-    prediction = graftune.predict(result.dir, files=[str(next((data / "cw-in").glob("*.mp4")))])[0]
-    assert set(prediction["probabilities"]) == {"cw-in", "ccw-out"}
+    prediction = graftune.predict(result.dir, files=[str(next((data / "grow").glob("*.mp4")))])[0]
+    assert set(prediction["probabilities"]) == {"grow", "shrink"}
     with pytest.raises(UserError, match="takes clips of 4 frames"):
         graftune.train({"task": "video-classification", "model": {"source": f"hf:{tmp_path / 'videomae'}"},
                         "data": {"train": str(data)}, "video": {"frames": 6}}, tmp_path / "run6",
                        console=Console(quiet=True))
+
+
+# --- the body runs once with a frozen body ------------------------------------------------------------------
+
+
+def _count_body_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    seen: list[int] = []
+    forward = helpers.TinyResNet.forward
+
+    def counted(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return forward(self, x)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(helpers.TinyResNet, "forward", counted)
+    return seen
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_frozen_body_decodes_and_runs_once(cached: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the feature cache, the body runs on the training clips' views and the validation clips once, in
+    the first epoch, and on the test clips at the end; without it, every epoch. Either way every clip is
+    decoded once: the decode cache serves the epochs that run the body."""
+    from rich.console import Console
+
+    import graftune
+    from graftune.data import videos
+
+    monkeypatch.syspath_prepend(str(helpers.TESTS_DIR))
+    videos.DECODED._clips.clear()
+    videos.DECODED.used = videos.DECODED.decodes = 0
+    data = tmp_path / "clips"
+    for split, seed in (("train", 0), ("val", 1), ("test", 2)):
+        write_motion_clips(data / split, per_class=2, frames=4, size=24, seed=seed, classes=("grow", "shrink"))
+    seen = _count_body_frames(monkeypatch)
+    epochs, frames, views = 3, 4, 2
+    graftune.train({"task": "video-classification", "model": {"source": "module:helpers:tiny_cnn"},
+                    "data": {"train": str(data / "train"), "val": str(data / "val"), "test": str(data / "test"),
+                             "image_size": 16},
+                    "freeze": {"body": "all"}, "video": {"frames": frames},
+                    "cache": {"features": cached, "views": views, "dir": str(tmp_path / "cache")},
+                    "train": {"epochs": epochs, "batch_size": 2, "progress": False,
+                              "early_stopping": {"patience": None}}},
+                   tmp_path / "run", console=Console(quiet=True), trust_code=True)
+    probe = seen[0]  # the backbone's shape probe at load time
+    clips = {"train": 4, "val": 4, "test": 4}
+    body_frames = sum(seen) - probe
+    if cached:
+        assert body_frames == (clips["train"] * views + clips["val"] + clips["test"]) * frames
+    else:
+        assert body_frames == ((clips["train"] + clips["val"]) * epochs + clips["test"]) * frames
+    assert videos.DECODED.decodes == sum(clips.values())
+    rows = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(('"cached_features": true' in row) == cached for row in rows)

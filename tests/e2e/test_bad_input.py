@@ -42,7 +42,7 @@ class Kit:
     llama: Path  # a tiny Llama causal LM with the same tokenizer
     text_run: Path  # finished: tiny BERT on the text data
     image_run: Path  # finished: module:helpers:tiny_cnn on the images
-    clips: Path  # generated motion clips, two classes (cw-in, ccw-out)
+    clips: Path  # generated motion clips, two classes (grow, shrink)
     video_run: Path  # finished: module:helpers:tiny_cnn per frame on the clips
 
 
@@ -58,7 +58,7 @@ def kit(bbc_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Kit:
     graftune.train({**image_config(images), "train": {"epochs": 1, "batch_size": 8, "progress": False}},
                    root / "image-run", console=quiet)
     clips = root / "clips"
-    write_motion_clips(clips, per_class=4, frames=4, size=32, forward=("cw-in",))
+    write_motion_clips(clips, per_class=4, frames=4, size=32, classes=("grow", "shrink"))
     graftune.train({**video_config(clips), "train": {"epochs": 1, "batch_size": 4, "progress": False}},
                    root / "video-run", console=quiet)
     return Kit(bbc_folder, images, bert, llama, root / "text-run", root / "image-run", clips, root / "video-run")
@@ -749,7 +749,7 @@ def video_train(user: Path, kit: Kit, data: Path, *extra: Any) -> list[Any]:
 @case("video: a clip that is not a video")
 def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     data = copy(kit.clips, user, "clips")
-    bad = data / "cw-in" / "broken.mp4"
+    bad = data / "grow" / "broken.mp4"
     bad.write_bytes(b"\x00\x01 not a video at all" * 50)
     return video_train(user, kit, data), [str(bad), "cannot decode video broken.mp4"]
 
@@ -757,7 +757,7 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
 @case("video: an empty clip file")
 def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     data = copy(kit.clips, user, "clips")
-    bad = data / "ccw-out" / "empty.webm"
+    bad = data / "shrink" / "empty.webm"
     bad.write_bytes(b"")
     return video_train(user, kit, data), [str(bad), "empty.webm"]
 
@@ -765,7 +765,7 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
 @case("video: a clip cut short mid-file")
 def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     data = copy(kit.clips, user, "clips")
-    bad = data / "cw-in" / "000.mp4"
+    bad = data / "grow" / "000.mp4"
     bad.write_bytes(bad.read_bytes()[:200])
     return video_train(user, kit, data), [str(bad), "000.mp4"]
 
@@ -775,7 +775,7 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     data = copy(kit.clips, user, "clips")
     table = user / "clips.csv"
     rows = [f"{p.relative_to(user)},{p.parent.name}" for p in sorted(data.rglob("*.mp4"))]
-    table.write_text("video,label\n" + "\n".join([*rows, "clips/cw-in/gone.mp4,cw-in"]) + "\n")
+    table.write_text("video,label\n" + "\n".join([*rows, "clips/grow/gone.mp4,grow"]) + "\n")
     return video_train(user, kit, table), [f"{table}:{len(rows) + 2}", "gone.mp4 not found"]
 
 

@@ -1,6 +1,6 @@
 """End to end on real weights and real video files: efficientnet-lite0 on generated motion clips.
 
-The clips come in reversed pairs (cw-in clip i is ccw-out clip i played backwards) and have exactly K
+The clips come in reversed pairs (shrink clip i is grow clip i played backwards) and have exactly K
 frames, so a model that averages frames sees the same input for both clips of a pair and must score 0.5;
 a temporal head must read the order.
 """
@@ -23,7 +23,7 @@ FRAMES = 8
 def motion(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("motion")
     for split, count, seed in (("train", 16, 0), ("val", 5, 1), ("test", 6, 2)):
-        write_motion_clips(root / split, per_class=count, frames=FRAMES, size=64, seed=seed, forward=("cw-in",))
+        write_motion_clips(root / split, per_class=count, frames=FRAMES, size=64, seed=seed, classes=("grow", "shrink"))
     return root
 
 
@@ -46,11 +46,11 @@ def test_a_temporal_head_reads_motion_that_mean_pooling_cannot(motion: Path, tmp
     settings = (tmp_path / "conv" / "config.yaml").read_text()
     assert "temporal: conv" in settings  # auto is recorded resolved
 
-    clip = next((motion / "test" / "ccw-out").glob("*.mp4"))
+    clip = next((motion / "test" / "shrink").glob("*.mp4"))
     code, output = run_cli("predict", tmp_path / "conv", clip, "--json")
     assert code == 0, output
     prediction = json.loads(output.strip().splitlines()[-1])
-    assert set(prediction["probabilities"]) == {"ccw-out", "cw-in"}
+    assert set(prediction["probabilities"]) == {"shrink", "grow"}
     code, output = run_cli("evaluate", tmp_path / "conv", "--data", motion / "test", "--json")
     assert code == 0, output
     assert json.loads(output[output.index("{"):])["accuracy"] == pytest.approx(conv["accuracy"])
@@ -61,6 +61,6 @@ def test_an_inflated_network_trains_and_loads_back(motion: Path, tmp_path: Path)
     result = train(motion, out, "--strategy", "full", "--epochs", "1", "--set", "video.inflate=3",
                    "--set", "video.temporal=mean", "--set", "video.sampling=segments")
     assert result["examples"] == 12
-    clip = next((motion / "test" / "cw-in").glob("*.mp4"))
+    clip = next((motion / "test" / "grow").glob("*.mp4"))
     code, output = run_cli("predict", out, clip, "--json")
     assert code == 0, output  # the model folder rebuilds the inflated body before loading its 3D kernels

@@ -133,10 +133,11 @@ def frame_indices(length: int, count: int, sampling: str, draw: Callable[[], flo
 
 
 def clip_tensor(file: str, preprocess: ImagePreprocess, count: int, sampling: str, augment: bool = False,
-                flip: bool = False, decoded: DecodedClips = DECODED) -> torch.Tensor:
-    """One clip as the normalised (K, 3, size, size) frames the image backbone expects."""
+                flip: bool = False, decoded: DecodedClips | None = None) -> torch.Tensor:
+    """One clip as the normalised (K, 3, size, size) frames the image backbone expects; `decoded`: the
+    decode cache (default: the process's own)."""
     size = preprocess.size
-    frames = decoded.frames(file, max(size, round(size / preprocess.crop_pct)))
+    frames = (decoded or DECODED).frames(file, max(size, round(size / preprocess.crop_pct)))
     picked = frames[frame_indices(len(frames), count, sampling, random.random if augment else None)]
     images = [Image.fromarray(frame) for frame in picked]
     if augment:
