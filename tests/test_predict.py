@@ -45,7 +45,7 @@ def test_evaluate_reproduces_the_test_metrics_of_the_run(trained: tuple[Path, Pa
 def test_the_model_folder_records_task_schema_settings_and_build(trained: tuple[Path, Path]) -> None:
     run, _ = trained
     info = json.loads((run / "model" / "graftune.json").read_text())
-    assert info["task"] == "image-classification" and info["schema"] == {"labels": ["blue", "green", "red"]}
+    assert info["task"] == "image-classification" and info["schema"]["labels"] == ["blue", "green", "red"]
     assert info["settings"]["strategy"]["name"] == "partial" and info["settings"]["head"]["pooling"] == "avg"
     assert info["build_kwargs"] == {"num_classes": 5} and info["surgery"] == {"replaced": "fc"}
     assert info["preprocess"]["size"] == 16

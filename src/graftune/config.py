@@ -197,6 +197,12 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="classifiers: balanced draws each epoch's examples with replacement, each class "
+                               "equally often; shuffle: every example once per epoch")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="classifiers: balanced weighs each class's training loss by n / (classes x n_class), "
+                            "as scikit-learn's class_weight='balanced', so rare classes count as much as common ones")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32 "
                             "(no)")

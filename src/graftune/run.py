@@ -210,7 +210,8 @@ class Run:
                       (("train", splits.train), ("val", splits.val), ("test", splits.test))}
         self.lengths = task.lengths(self.items["train"], preprocess)
         self.batches = ShuffledBatches(train.batch_size, train.seed, size=len(self.items["train"]),
-                                       lengths=self.lengths if self.settings.data.group_by_length else None)
+                                       lengths=self.lengths if self.settings.data.group_by_length else None,
+                                       weights=task.sample_weights(self.items["train"]))
         self.train_loader: Any = DataLoader(self.items["train"], batch_sampler=self.batches,  # type: ignore[arg-type]
                                             collate_fn=task.training_collate(preprocess), num_workers=workers)
         self.val_batches = eval_batches(task, self.items["val"], preprocess, train.eval_batch_size)
@@ -353,6 +354,8 @@ class Run:
             raise UserError(f"{self.checkpoints.best}: missing, so the run's best weights are lost; start a new run.")
         model = self.accelerator.unwrap_model(self.prepared)
         load_weights(model, self.checkpoints.best)
+        if task.calibrates:  # on the validation features the cache holds, when the body is frozen
+            task.calibrate(evaluate(self.prepared, self.loaders.for_epoch().val, task.step, self.accelerator))
         scores = self._scores()
         test = scores["test"]
         reached("save:tested", state.epoch)

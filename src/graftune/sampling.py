@@ -7,6 +7,10 @@ Texts are padded to the longest one in their batch, so a batch that mixes a 60-t
 chunks of `GROUP` batches, each chunk is sorted by length and cut into batches, and the order of all
 batches is shuffled. Every epoch still sees every example once, in new company and a new order.
 
+With `weights` (a balanced sampler: each example weighted by 1 / the size of its class), an epoch draws as
+many examples as there are, with replacement, in proportion to their weights, so every class is seen
+about equally often; rare examples come several times an epoch, common ones may not come at all.
+
 Everything is a function of (seed, epoch), so a resumed run draws the same batches. A training batch
 never holds a single example (BatchNorm cannot train on one): a last batch of one joins the batch
 before it.
@@ -40,12 +44,13 @@ class ShuffledBatches(Sampler[list[int]]):
     """
 
     def __init__(self, batch_size: int, seed: int, size: int | None = None,
-                 lengths: Sequence[int] | None = None) -> None:
+                 lengths: Sequence[int] | None = None, weights: Sequence[float] | None = None) -> None:
         if lengths is None and size is None:
             raise ValueError("give the number of examples (size) or their lengths")
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         self.lengths = list(lengths) if lengths is not None else None
         self.size = len(self.lengths) if self.lengths is not None else int(size or 0)
+        self.weights = torch.tensor(weights, dtype=torch.float64) if weights is not None else None
         self.process, self.processes = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -61,7 +66,10 @@ class ShuffledBatches(Sampler[list[int]]):
 
     def _global_batches(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
         if self.lengths is None:
             yield from _join_single(_cut(order, self.batch_size), self.batch_size)
             return

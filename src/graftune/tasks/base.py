@@ -9,11 +9,14 @@ The run path (graftune/run.py) calls a task in this order:
     task.build_model(backbone)             -> the GraftedModel to train (body, neck, new head)
     task.items(examples, preprocess)       -> what batches are made of: (input, target) pairs
     task.lengths(items, preprocess)        -> tokens per item, for batches of similar length (or None)
+    task.sample_weights(items)             -> how often to draw each training item (None: each once an epoch)
     task.encoder(preprocess, augment)      -> inputs (texts, file paths) to the tensors the model takes
     task.collate(preprocess) / .training_collate(preprocess)
                                            -> items to {"inputs": {...}, "targets": ...}
     task.step(model, batch, train)         -> the loss with the per-example outputs metrics need
     task.validation_metrics(evaluation)    -> each epoch's val_* numbers, the keys of `metrics`
+    task.calibrate(evaluation)             -> what validation settles once training is done, into the schema
+                                              (a binary classifier's decision threshold), when `calibrates`
     task.test_results(evaluation)          -> the "test" section of results.json; task.plots, task.summary
     task.report(model, preprocess, examples) -> what else the test split shows (generated samples, ROUGE),
                                               before training too when `evaluates_before`
@@ -115,6 +118,10 @@ class Task(ABC):
     def accepts(cls, backbone_modality: Modality) -> bool:
         return backbone_modality in (cls.backbone_modalities or (cls.modality,))
 
+    def sample_weights(self, items: list[Item]) -> list[float] | None:
+        """Relative chances of the training items in each epoch's draw (a balanced sampler); None: a shuffle."""
+        return None
+
     @property
     def augment(self) -> bool:
         """Whether training inputs are random views (image crops and flips, clip jitter), new every epoch."""
@@ -151,6 +158,15 @@ class Task(ABC):
         """This epoch's validation numbers: every key of `metrics`."""
 
     # --- after training -------------------------------------------------------------------------------
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether `calibrate` wants the best model's validation outputs before the test (costs one pass)."""
+        return False
+
+    def calibrate(self, evaluation: Evaluation) -> None:
+        """Settle, from the validation outputs of the best model, what the saved schema should hold."""
+        return None
 
     @abstractmethod
     def test_results(self, evaluation: Evaluation) -> dict[str, Any]:

@@ -1,17 +1,32 @@
 """Classification, shared by the image and text tasks: one label per input, a pooled linear head,
 cross-entropy, accuracy and macro-F1, a confusion matrix, labels with probabilities as predictions.
 
-The schema is `{"labels": [...]}`, the class names in sorted order: output i of the head is labels[i].
+The schema is `{"labels": [...], "train_counts": [...]}`: the class names in sorted order (output i of the
+head is labels[i]) and how many training examples each has, which `train.class_weights: balanced` reads.
+A two-class model also keeps `threshold`: the probability of the second class above which it is
+predicted, chosen after training on validation where balanced accuracy (TPR - FPR, Youden's J) peaks;
+`predict` uses it and the test results report the metrics at it beside those of the argmax.
+Metrics for unbalanced classes: balanced accuracy (the mean of per-class recall) and ROC AUC (one class
+against the rest, averaged over the classes present; for two classes, of the second class's probability).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 from torch import nn
 
 from graftune.backbones.base import Backbone
@@ -30,8 +45,9 @@ from graftune.tasks.heads import Pooling, build_head
 class Classification(Task):
     """One label per input, from a fixed set of classes seen in training."""
 
-    metrics: ClassVar[dict[str, Literal["max", "min"]]] = {"val_accuracy": "max", "val_macro_f1": "max",
-                                                           "val_loss": "min"}
+    metrics: ClassVar[dict[str, Literal["max", "min"]]] = {
+        "val_accuracy": "max", "val_macro_f1": "max", "val_balanced_accuracy": "max", "val_roc_auc": "max",
+        "val_loss": "min"}
     default_metric = "val_accuracy"
 
     @property
@@ -41,7 +57,9 @@ class Classification(Task):
     @classmethod
     def read_data(cls, data: DataConfig) -> TaskData:
         splits = read_splits(data, cls.modality)
-        return TaskData(splits, {"labels": splits.labels()})
+        labels = splits.labels()
+        counts = Counter(e.label for e in splits.train)
+        return TaskData(splits, {"labels": labels, "train_counts": [counts[label] for label in labels]})
 
     @classmethod
     def resolve(cls, cfg: Config, backbone: Backbone) -> Config:
@@ -64,6 +82,13 @@ class Classification(Task):
         index = {label: i for i, label in enumerate(self.labels)}
         return [(e.input, index[e.label]) for e in examples]
 
+    def sample_weights(self, items: list[Item]) -> list[float] | None:
+        """`train.sampler: balanced`: each item weighted by 1 / its class's count, so classes come equally often."""
+        if self.settings.train.sampler != "balanced":
+            return None
+        counts = Counter(target for _, target in items)
+        return [1.0 / counts[target] for _, target in items]
+
     @property
     def mixes_inputs(self) -> bool:
         return bool(self.settings.regularize.mixup or self.settings.regularize.cutmix)
@@ -79,18 +104,53 @@ class Classification(Task):
         logits = model(batch["inputs"])
         targets = batch["targets"]
         if train:
-            loss = nn.functional.cross_entropy(logits, targets, label_smoothing=self.settings.train.label_smoothing)
+            weights = self.class_weights()
+            loss = nn.functional.cross_entropy(logits, targets, label_smoothing=self.settings.train.label_smoothing,
+                                               weight=None if weights is None else weights.to(logits.device))
             return Step(loss, len(targets))
         logits = logits.float()
         return Step(nn.functional.cross_entropy(logits, targets), len(targets),
                     {"probs": logits.softmax(-1), "labels": targets})
 
+    def class_weights(self) -> torch.Tensor | None:
+        """n / (classes x n_class) per class with `train.class_weights: balanced`; None (all 1) otherwise."""
+        if self.settings.train.class_weights == "none":
+            return None
+        counts = torch.tensor(self.schema["train_counts"], dtype=torch.float32)
+        return counts.sum() / (len(counts) * counts.clamp(min=1))
+
     def validation_metrics(self, evaluation: Evaluation) -> dict[str, float]:
         y_true, y_pred = _true_and_predicted(evaluation)
         if not len(y_true):
-            return {"val_loss": evaluation.loss, "val_accuracy": 0.0, "val_macro_f1": 0.0}
+            return {"val_loss": evaluation.loss, "val_accuracy": 0.0, "val_macro_f1": 0.0,
+                    "val_balanced_accuracy": 0.0, "val_roc_auc": 0.0}
         return {"val_loss": evaluation.loss, "val_accuracy": float(np.mean(y_true == y_pred)),
-                "val_macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+                "val_macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+                "val_balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+                "val_roc_auc": roc_auc(y_true, evaluation.outputs["probs"])}
+
+    @property
+    def calibrates(self) -> bool:
+        return len(self.labels) == 2
+
+    def calibrate(self, evaluation: Evaluation) -> None:
+        """The decision threshold of a two-class model: where TPR - FPR peaks on validation (0.5 without both
+        classes there)."""
+        y_true = evaluation.outputs.get("labels", np.zeros(0))
+        threshold = 0.5
+        if len(np.unique(y_true)) == 2:
+            fpr, tpr, thresholds = roc_curve(y_true, evaluation.outputs["probs"][:, 1])
+            finite = np.isfinite(thresholds)  # the first point of the curve stands for "predict none"
+            best = int(np.argmax(np.where(finite, tpr - fpr, -np.inf)))
+            threshold = float(thresholds[best])
+        self.schema = {**self.schema, "threshold": threshold}
+
+    def _at_threshold(self, y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        y_pred = (probs[:, 1] >= self.schema["threshold"]).astype(int)
+        recall = precision_recall_fscore_support(y_true, y_pred, labels=[0, 1], zero_division=0)[1]
+        return {"threshold": self.schema["threshold"], "accuracy": float(accuracy_score(y_true, y_pred)),
+                "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+                "recall": dict(zip(self.labels, map(float, recall), strict=True))}
 
     def test_results(self, evaluation: Evaluation) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class precision / recall / F1 and the confusion matrix (scikit-learn)."""
@@ -103,11 +163,15 @@ class Classification(Task):
         return {
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "macro_f1": float(f1_score(y_true, y_pred, labels=indices, average="macro", zero_division=0)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+            "roc_auc": roc_auc(y_true, evaluation.outputs["probs"]) if len(y_true) else 0.0,
             "loss": evaluation.loss,
             "examples": len(y_true),
             "per_class": per_class,
             "confusion_matrix": confusion_matrix(y_true, y_pred, labels=indices).tolist(),
             "labels": labels,
+            **({"at_threshold": self._at_threshold(y_true, evaluation.outputs["probs"])}
+               if "threshold" in self.schema and len(y_true) else {}),
         }
 
     def plots(self, results: dict[str, Any], folder: Path) -> None:
@@ -120,8 +184,9 @@ class Classification(Task):
                 f"loss {results['loss']:.4f}  ({results['examples']} examples)")
 
     def details(self, results: dict[str, Any]) -> list[str]:
-        return [f"  {label:<20} precision {s['precision']:.3f}  recall {s['recall']:.3f}  f1 {s['f1']:.3f}  "
-                f"support {s['support']}" for label, s in results["per_class"].items()]
+        balance = f"  balanced accuracy {results['balanced_accuracy']:.4f}  ROC AUC {results['roc_auc']:.4f}"
+        return [balance] + [f"  {label:<20} precision {s['precision']:.3f}  recall {s['recall']:.3f}  "
+                            f"f1 {s['f1']:.3f}  support {s['support']}" for label, s in results["per_class"].items()]
 
     def read_labelled(self, path: str | Path, input_column: str | None, label_column: str) -> list[Example]:
         examples = read_examples(path, self.modality, "auto", input_column, label_column, self.settings.data.encoding)
@@ -142,12 +207,25 @@ class Classification(Task):
             probs = model(encode([value for _, value in chunk])).float().softmax(-1)
             for (name, _), row in zip(chunk, probs.tolist(), strict=True):
                 best = max(range(len(row)), key=row.__getitem__)
+                if "threshold" in self.schema:  # a two-class model decides at its validated threshold
+                    best = int(row[1] >= self.schema["threshold"])
                 results.append({"input": name, "label": self.labels[best],
                                 "probabilities": dict(zip(self.labels, row, strict=True))})
         return results
 
     def format_prediction(self, result: dict[str, Any]) -> str:
         return f"{result['input']}\t{result['label']}\t{result['probabilities'][result['label']]:.3f}"
+
+
+def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC of the class probabilities: for two classes, of the second's; else one class against the rest,
+    averaged over the classes present. 0.5 (no better than chance) when fewer than two classes are present."""
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return 0.5
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y_true, probs[:, 1]))
+    return float(np.mean([roc_auc_score(y_true == c, probs[:, c]) for c in present]))
 
 
 def _true_and_predicted(evaluation: Evaluation) -> tuple[np.ndarray, np.ndarray]:
