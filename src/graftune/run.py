@@ -169,8 +169,8 @@ class Run:
     def _setup_backbone(self, cfg: Config) -> None:
         """Load the backbone, then decide every default of the run for it, once."""
         backbone = load_configured_backbone(cfg, self.permissions.trust_code)
-        if not self.task_type.accepts(backbone.modality):
-            wanted = " or ".join(self.task_type.backbone_modalities or (self.task_type.modality,))
+        if backbone.modality not in self.task_type.accepted_modalities():
+            wanted = " or ".join(self.task_type.accepted_modalities())
             article = "an" if wanted[0] in "aeiou" else "a"
             raise UserError(f"model.source: '{cfg.model.source}' is a {backbone.modality} model, but the task "
                             f"'{cfg.task}' reads {self.task_type.modality}s. Choose {article} {wanted} model.")

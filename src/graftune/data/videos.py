@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,32 +60,38 @@ def check_video(file: Path, where: str | None = None) -> str:
     return str(file)
 
 
-def count_frames(file: Path) -> int:
-    """Decode every frame of the file's first video stream (the only way to know it is whole) and count them."""
-    av = _av()
+@contextmanager
+def _video_stream(file: str | Path) -> Iterator[Any]:
+    """The opened container of a file with a video stream; FFmpeg's errors become one message naming the file."""
+    av, name = _av(), Path(file).name
     try:
         with av.open(str(file)) as container:
             if not container.streams.video:
-                raise UserError(f"{file.name} holds no video stream.")
-            return sum(1 for _ in container.decode(video=0))
+                raise UserError(f"{name} holds no video stream.")
+            yield container
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
-        raise UserError(f"cannot decode video {file.name} ({err}). Remove or replace the file.") from None
+        raise UserError(f"cannot decode video {name} ({err}). Remove or replace the file.") from None
+
+
+def count_frames(file: Path) -> int:
+    """Decode every frame of the file's first video stream (the only way to know it is whole) and count them."""
+    with _video_stream(file) as container:
+        return sum(1 for _ in container.decode(video=0))
 
 
 def decode(file: str | Path, short_side: int) -> np.ndarray:
     """All frames (at most MAX_FRAMES, evenly kept) as uint8 RGB (T, H, W, 3), scaled so the short side is
     `short_side` (never enlarged)."""
-    av = _av()
     try:
-        with av.open(str(file)) as container:
+        with _video_stream(file) as container:
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             scale = min(1.0, short_side / max(1, min(width, height)))
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             frames = [frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
                       for frame in container.decode(video=0)]
-    except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
-        raise UserError(f"{file}: cannot decode video ({err}). Remove or replace the file.") from None
+    except UserError as err:
+        raise UserError(f"{file}: {err}") from None
     if not frames:
         raise UserError(f"{file}: no video frames. Remove or replace the file.")
     if len(frames) > MAX_FRAMES:

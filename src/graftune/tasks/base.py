@@ -115,8 +115,9 @@ class Task(ABC):
         return token_lengths([x for x, _ in items], preprocess) if isinstance(preprocess, TextPreprocess) else None
 
     @classmethod
-    def accepts(cls, backbone_modality: Modality) -> bool:
-        return backbone_modality in (cls.backbone_modalities or (cls.modality,))
+    def accepted_modalities(cls) -> tuple[Modality, ...]:
+        """The kinds of backbone the task builds on."""
+        return cls.backbone_modalities or (cls.modality,)
 
     def sample_weights(self, items: list[Item]) -> list[float] | None:
         """Relative chances of the training items in each epoch's draw (a balanced sampler); None: a shuffle."""

@@ -52,9 +52,14 @@ def _masked_max(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return features.masked_fill(weights == 0, torch.finfo(features.dtype).min).amax(dim=1)
 
 
+def pooled_width(feature_dim: int, pooling: str) -> int:
+    """The width of one pooled vector: avgmax puts the average and the maximum side by side."""
+    return feature_dim * 2 if pooling == "avgmax" else feature_dim
+
+
 def build_head(head: HeadConfig, feature_dim: int, num_outputs: int, pooling: str) -> nn.Sequential:
     """Optional hidden layers (linear, activation, dropout), then the output layer, on pooled features."""
-    width = feature_dim * 2 if pooling == "avgmax" else feature_dim
+    width = pooled_width(feature_dim, pooling)
     layers: list[nn.Module] = [nn.Dropout(head.dropout)] if head.dropout else []
     for hidden in head.hidden:
         layers += [nn.Linear(width, hidden), _ACTIVATIONS[head.activation]()]

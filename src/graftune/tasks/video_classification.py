@@ -22,7 +22,7 @@ from graftune.errors import UserError
 from graftune.grafted import GraftedModel
 from graftune.preprocessing import ImagePreprocess, Preprocess
 from graftune.tasks.classification import Classification
-from graftune.tasks.heads import Pooling, build_head
+from graftune.tasks.heads import Pooling, build_head, pooled_width
 from graftune.tasks.temporal import ClipModel, FramePooling, build_temporal_head
 
 # The temporal head of `video.temporal: auto`: the one that did best on motion in benchmarks/video.py.
@@ -69,8 +69,8 @@ class VideoClassification(Classification):
             return GraftedModel(backbone.body, clip_head, Pooling(head_cfg.pooling), policy)
         if video.inflate:
             inflate(backbone.body, video.inflate)  # parameter names stay: layer groups keep their meaning
-        width = backbone.feature_dim * 2 if head_cfg.pooling == "avgmax" else backbone.feature_dim
-        head = build_temporal_head(video.temporal, head_cfg, width, video.frames, len(self.labels))
+        head = build_temporal_head(video.temporal, head_cfg, pooled_width(backbone.feature_dim, head_cfg.pooling),
+                                   video.frames, len(self.labels))
         return ClipModel(backbone.body, head, FramePooling(head_cfg.pooling, video.frames, video.sampling), policy)
 
     def encoder(self, preprocess: Preprocess, augment: bool = False) -> EncodeInputs:
