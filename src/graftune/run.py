@@ -95,7 +95,7 @@ def resume_run(out: str | Path, overrides: list[str] | None = None, console: Con
 class Run:
     """A run folder and everything one training in it needs (see the module docstring)."""
 
-    def __init__(self, folder: RunDir, console: Console, permissions: Permissions) -> None:
+    def __init__(self, folder: RunDir | None, console: Console, permissions: Permissions) -> None:
         self.folder, self.console, self.permissions = folder, console, permissions
         self.resume_note: dict[str, Any] = {}
 
@@ -115,6 +115,16 @@ class Run:
         return run
 
     @classmethod
+    def detached(cls, cfg: Config, console: Console, permissions: Permissions = Permissions(),
+                 data: TaskData | None = None) -> Run:
+        """Everything a new run sets up (the model, its stages, loaders and feature cache), with no run folder:
+        for the commands that look at a task before training it (plan, lr-find). `data` replaces what
+        `cfg.data` reads (a sample of it)."""
+        run = cls(None, console, permissions)
+        run.setup(cfg, resume=False, data=data)
+        return run
+
+    @classmethod
     def resume(cls, out: str | Path, console: Console, overrides: list[str] | None = None,
                permissions: Permissions = Permissions()) -> Run:
         folder = RunDir(out).require_resumable()
@@ -129,15 +139,20 @@ class Run:
         return run
 
     @property
+    def run_folder(self) -> RunDir:
+        assert self.folder is not None, "a detached run has no folder"
+        return self.folder
+
+    @property
     def checkpoints(self) -> Checkpoints:
-        return Checkpoints(self.folder.checkpoints, self.folder.metrics)
+        return Checkpoints(self.run_folder.checkpoints, self.run_folder.metrics)
 
     # --- setup, one resource at a time ------------------------------------------------------------------
 
-    def setup(self, cfg: Config, resume: bool) -> None:
+    def setup(self, cfg: Config, resume: bool, data: TaskData | None = None) -> None:
         cfg = with_absolute_paths(cfg)
         set_seed(cfg.train.seed)
-        self._setup_data(cfg, resume)
+        self._setup_data(cfg, resume, data)
         self._setup_backbone(cfg)
         self._setup_model()
         self._setup_state(resume)
@@ -148,17 +163,18 @@ class Run:
         self._announce()
         if resume:
             self._load_checkpoint()
-        else:
+        elif self.folder is not None:
             self._record()
 
-    def _setup_data(self, cfg: Config, resume: bool) -> None:
+    def _setup_data(self, cfg: Config, resume: bool, given: TaskData | None = None) -> None:
         """The task's data; on resume, the split recorded at the start, taken from the data as it is now."""
         self.task_type: type[Task] = get_task(cfg.task)
-        data = self.task_type.read_data(cfg.data)
+        data = given or self.task_type.read_data(cfg.data)
         if resume:
-            saved = self.folder.read_json(self.folder.splits)
+            folder = self.run_folder
+            saved = folder.read_json(folder.splits)
             splits, changes = record.restore(saved, data.splits, self.task_type.modality,
-                                             self.permissions.accept_changed_data, self.folder.splits)
+                                             self.permissions.accept_changed_data, folder.splits)
             if changes:
                 self.resume_note["accepted_data_changes"] = {"changed": changes.changed, "missing": changes.missing,
                                                              "new": changes.new}
@@ -296,29 +312,29 @@ class Run:
         checkpoints.tidy()  # what a kill left half-written
         if self.latest is None:
             self.rows: list[dict[str, Any]] = []
-            self.folder.write_text(self.folder.metrics, "")
+            self.run_folder.write_text(self.run_folder.metrics, "")
             self.console.print("resuming from the start: no epoch was checkpointed")
         else:
             self.rows = checkpoints.restore(self.accelerator, self.latest)
             self.console.print(f"resuming after epoch {self.fit_state.epoch}, in stage "
                                f"{self.stages[self.fit_state.stage].name}")
         if self.resume_note:
-            self.folder.write_text(self.folder.config, self.settings.to_yaml())
-            history = self.folder.read_json(self.folder.resumes) if self.folder.resumes.is_file() else []
+            folder = self.run_folder
+            folder.write_text(folder.config, self.settings.to_yaml())
+            history = folder.read_json(folder.resumes) if folder.resumes.is_file() else []
             entry = {"after_epoch": self.fit_state.epoch, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **self.resume_note}
-            self.folder.write_json(self.folder.resumes, [*history, entry])
+            folder.write_json(folder.resumes, [*history, entry])
 
     def _record(self) -> None:
         """What a new run writes before its first epoch: the resolved settings, the split, the strategy."""
-        data = self.settings.data
+        data, folder = self.settings.data, self.run_folder
         self.rows = []
-        self.folder.write_text(self.folder.config, self.settings.to_yaml())
+        folder.write_text(folder.config, self.settings.to_yaml())
         seed = data.split.seed if data.val is None else None
-        self.folder.write_json(self.folder.splits, record.record(self.data.splits, self.task.modality, seed,
-                                                                  self.data.schema))
-        self.folder.write_json(self.folder.strategy, {"name": self.settings.strategy.name,
-                                                      "stages": [stage.to_json() for stage in self.stages],
-                                                      "groups": [group.name for group in self.backbone.groups]})
+        folder.write_json(folder.splits, record.record(self.data.splits, self.task.modality, seed, self.data.schema))
+        folder.write_json(folder.strategy, {"name": self.settings.strategy.name,
+                                            "stages": [stage.to_json() for stage in self.stages],
+                                            "groups": [group.name for group in self.backbone.groups]})
 
     def _announce(self) -> None:
         splits, summary = self.data.splits, parameter_summary(self.model)
@@ -337,8 +353,9 @@ class Run:
         train, state = self.settings.train, self.fit_state
         if state.stopped_early or state.epoch >= train.epochs:
             return state
-        if self.task.evaluates_before and not self.folder.before.is_file():
-            self.folder.write_json(self.folder.before, self._scores())  # the pre-trained model, for before/after
+        folder = self.run_folder
+        if self.task.evaluates_before and not folder.before.is_file():
+            folder.write_json(folder.before, self._scores())  # the pre-trained model, for before/after
         trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
                           self.steps_per_epoch, self.checkpoints, self.rows, self.penalty)
@@ -349,7 +366,7 @@ class Run:
 
     def save(self) -> RunResult:
         """Restore the best weights, score the test split, save the model folder, results and plots."""
-        folder, state, task = self.folder, self.fit_state, self.task
+        folder, state, task = self.run_folder, self.fit_state, self.task
         if not self.checkpoints.best.is_file():
             raise UserError(f"{self.checkpoints.best}: missing, so the run's best weights are lost; start a new run.")
         model = self.accelerator.unwrap_model(self.prepared)
@@ -383,7 +400,7 @@ class Run:
         return scores
 
     def _write_results(self, model: GraftedModel, scores: dict[str, Any]) -> None:
-        folder, state = self.folder, self.fit_state
+        folder, state = self.run_folder, self.fit_state
         metric = str(self.settings.train.early_stopping.metric)
         self._save_model(model)
         reached("save:model", state.epoch)
@@ -402,7 +419,7 @@ class Run:
 
     def _save_model(self, model: GraftedModel) -> None:
         """The model folder, written under a temporary name and renamed: never half of one."""
-        staged = self.folder.path / ".model.tmp"
+        staged = self.run_folder.path / ".model.tmp"
         shutil.rmtree(staged, ignore_errors=True)  # left by a run killed while saving
         if self.settings.strategy.name == "lora":  # the adapter for sharing, merged weights for plain loading
             save_adapter(model, staged)
@@ -410,7 +427,7 @@ class Run:
         source = self.settings.model.source
         save_model_folder(staged, model, self.backbone, self.task, self.preprocess,
                           parent=source if source.startswith("run:") else None)
-        replace_folder(staged, self.folder.model)
+        replace_folder(staged, self.run_folder.model)
 
 
 def _resume_settings(saved: Config, overrides: list[str]) -> tuple[Config, dict[str, list[Any]]]:
