@@ -40,6 +40,7 @@ def image_config(folder: Path, cache_dir: Path, **sections: dict[str, Any]) -> d
         "task": "image-classification", "model": {"source": "module:helpers:counting_cnn"},
         "data": {"train": str(folder), "image_size": 16, "augment": False},
         "freeze": {"body": "all"}, "head": {"dropout": 0.0},
+        "strategy": {"probe": "sgd"},  # epochs of SGD on the cache against the same epochs live
         "train": {"epochs": EPOCHS, "batch_size": 4, "progress": False, "early_stopping": {"patience": None}},
         "cache": {"dir": str(cache_dir)},
     }
@@ -129,7 +130,8 @@ def test_text_probe_with_the_cache_matches_the_live_run(bbc_folder: Path, tmp_pa
     config: dict[str, Any] = {
         "task": "text-classification", "model": {"source": f"hf:{bert}"},
         "data": {"train": str(bbc_folder), "max_length": 64}, "freeze": {"body": "all"},
-        "train": {"epochs": 2, "batch_size": 8, "progress": False}, "cache": {"dir": str(tmp_path / "cache")},
+        "strategy": {"probe": "sgd"}, "train": {"epochs": 2, "batch_size": 8, "progress": False},
+        "cache": {"dir": str(tmp_path / "cache")},
     }
     cached = graftune.train(config, out=tmp_path / "cached", console=Console(quiet=True))
     config["cache"]["features"] = False

@@ -15,7 +15,7 @@ PACKAGE = Path(graftune.__file__).parent
 # Bottom first. A module may import from its own layer and any layer before it.
 LAYERS: list[set[str]] = [
     {"errors", "preprocessing", "loop", "grafted", "hardware", "progress", "plots", "weights", "faults",
-     "transferability", "tasks"},  # the task registry knows names and import paths only
+     "transferability", "probe", "tasks"},  # the task registry knows names and import paths only
     {"config", "rundir", "datasets", "sampling", "checkpoint", "data", "data.images", "data.videos", "data.readers",
      "data.motion_clips"},
     {"backbones", "backbones.base", "backbones.surgery", "backbones.hf", "backbones.module", "backbones.presets",

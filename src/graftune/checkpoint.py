@@ -48,6 +48,7 @@ class FitState:
     best_score: float | None = None
     bad_epochs: int = 0  # epochs without improvement in the current stage
     stopped_early: bool = False
+    converged: bool = False  # the last stage was solved exactly (graftune/probe.py): no epoch can improve it
     stage: int = 0
     stage_start: int = 1  # first epoch of the current stage
 

@@ -158,6 +158,10 @@ class StrategyConfig(Section):
     probe_epochs: int | None = Field(None, ge=1, description="lp-ft, fastai: most epochs of the head-only stage")
     plateau_patience: int = Field(1, ge=1, description="epochs without improvement that end an until_plateau "
                                                        "stage")
+    probe: Literal["auto", "exact", "sgd"] = Field(
+        "auto", description="how a stage that trains only the head trains: exact (solved to the optimum on the "
+                            "cached features, L2 chosen on validation; needs a linear head), or sgd (epochs of the "
+                            "optimizer); auto: exact where it applies")
     lora: LoraConfig = LoraConfig()
     stages: list[StageConfig] | None = Field(None, description="custom stages (name: custom)")
 

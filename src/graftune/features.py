@@ -312,6 +312,12 @@ class EpochFeed:
     val: Any
     cached: bool  # the training batches are cached encodings: the body does not run
 
+    @property
+    def cached_train(self) -> CachedFeatures | None:
+        """Every cached training encoding at once (all views), for a head solved on the whole set."""
+        dataset = getattr(self.train, "dataset", None)
+        return dataset if self.cached and isinstance(dataset, CachedFeatures) else None
+
 
 @dataclass
 class EpochLoaders:

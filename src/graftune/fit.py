@@ -19,6 +19,7 @@ from graftune.faults import reached
 from graftune.features import EpochLoaders
 from graftune.loop import Evaluation, StepFn, evaluate, train_one_epoch
 from graftune.optim import current_lrs
+from graftune.probe import ExactProbe
 from graftune.progress import progress_bar
 from graftune.sampling import ShuffledBatches
 from graftune.staging import StageSwitch
@@ -52,6 +53,7 @@ class Trainee:
     checkpoints: Checkpoints
     rows: list[dict[str, Any]]  # metrics.jsonl so far: committed with every checkpoint
     penalty: Callable[[], torch.Tensor] | None = None
+    probe: ExactProbe | None = None  # solves head-only stages on cached features instead of epochs of SGD
 
 
 def improved(score: float, best: float | None, mode: str) -> bool:
@@ -83,15 +85,21 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, monitor: Monitor, console: Con
             state.bad_epochs += 1
         stage = trainee.switch.stages[state.stage]
         last_stage = state.stage == len(trainee.switch.stages) - 1
-        if not last_stage and epoch < train_cfg.epochs and stage_over(stage, state):
+        solved = row.get("solver") == "exact"  # another epoch could only move the head off its optimum
+        if not last_stage and epoch < train_cfg.epochs and (solved or stage_over(stage, state)):
             _next_stage(trainee, state)
             reached("stage", epoch)
+        state.converged = last_stage and solved
         state.stopped_early = last_stage and monitor.patience is not None and state.bad_epochs >= monitor.patience
         trainee.rows.append(row)
         trainee.checkpoints.commit(trainee.accelerator, epoch, trainee.rows, best=better)
         shown = "" if monitor.metric == "val_loss" else f"  {monitor.metric} {score:.4f}"
         console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {row['train_loss']:.4f}  "
                       f"val_loss {row['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)")
+        if state.converged:
+            console.print(f"the head is solved exactly (L2 {row['probe_l2']:.0e} chosen on validation): no further "
+                          "epoch can improve it")
+            break
         if state.stopped_early:
             console.print(f"stopping early: {monitor.metric} has not improved for {monitor.patience} epochs "
                           f"(best {state.best_score:.4f} at epoch {state.best_epoch})")
@@ -123,8 +131,15 @@ def _epoch(trainee: Trainee, train_cfg: TrainConfig, epoch: int) -> dict[str, An
             if batches["seen"] == 1:
                 reached("train", epoch)
 
-        train_loss = train_one_epoch(trainee.model, feed.train, trainee.optimizer, trainee.loop.scheduler,
-                                     trainee.accelerator, trainee.step, trainee.grad_clip, progress, trainee.penalty)
+        probe = trainee.probe
+        cached = feed.cached_train if probe is not None and stage.train == "head" else None
+        if probe is not None and cached is not None:
+            train_loss, solved = probe.solve(trainee.model, cached.features, cached.targets, feed.val)
+            row.update(solved)
+        else:
+            train_loss = train_one_epoch(trainee.model, feed.train, trainee.optimizer, trainee.loop.scheduler,
+                                         trainee.accelerator, trainee.step, trainee.grad_clip, progress,
+                                         trainee.penalty)
         trained = time.perf_counter() - fed
         val = trainee.validation_metrics(evaluate(trainee.model, feed.val, trainee.step, trainee.accelerator,
                                                   advance))

@@ -44,6 +44,7 @@ from graftune.loaders import eval_batches, eval_loader, local_loader
 from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
 from graftune.plots import learning_curves
+from graftune.probe import ExactProbe, linear_layer
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.rundir import RunDir, replace_folder
 from graftune.sampling import ShuffledBatches, sorted_batches
@@ -206,9 +207,29 @@ class Run:
         self.switch = StageSwitch(self.model, groups, self.stages, never, settings.freeze.batchnorm,
                                   settings.optim.weight_decay, 0.0 if anchored(settings.regularize) else None,
                                   settings.train.epochs)
+        self._resolve_probe()
         _check_batchnorm_batches(self.model, settings)
         if settings.train.gradient_checkpointing:
             _enable_checkpointing(self.model, self.backbone.source)
+
+    def _resolve_probe(self) -> None:
+        """`strategy.probe: auto` is exact where a stage trains only the head, that head is linear and the
+        cache will hold its features (graftune/probe.py); otherwise sgd. `exact` where it cannot apply is refused."""
+        settings = self.settings
+        reasons = [reason for reason, failed in (
+            (f"strategy {settings.strategy.name} has no stage that trains only the head",
+             not any(stage.train == "head" for stage in self.stages)),
+            (f"task {self.task.name} does not say its loss is convex in a linear head", not self.task.convex_head),
+            (f"the head is not one linear layer (head.hidden={list(settings.head.hidden)} or a task head with "
+             "parameters of its own)", linear_layer(self.model.head) is None),
+            ("the feature cache is off, or training inputs change every epoch (cache.views=0, mixup, "
+             "freeze.batchnorm=train)", not settings.cache.features or not self._cached_views()
+             or settings.freeze.batchnorm == "train"),
+        ) if failed]
+        if settings.strategy.probe == "exact" and reasons:
+            raise UserError(f"strategy.probe=exact: {'; '.join(reasons)}. Use strategy.probe=sgd or auto.")
+        if settings.strategy.probe == "auto":
+            self.settings = settings.updated({"strategy.probe": "sgd" if reasons else "exact"})
 
     def _setup_state(self, resume: bool) -> None:
         """The loop state (the last checkpoint's when resuming) and the optimizer of its stage."""
@@ -351,7 +372,7 @@ class Run:
     def train(self) -> FitState:
         """Run the epochs left (none when a resumed run had already finished them)."""
         train, state = self.settings.train, self.fit_state
-        if state.stopped_early or state.epoch >= train.epochs:
+        if state.stopped_early or state.converged or state.epoch >= train.epochs:
             return state
         folder = self.run_folder
         if self.task.evaluates_before and not folder.before.is_file():
@@ -360,6 +381,9 @@ class Run:
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
                           self.steps_per_epoch, self.checkpoints, self.rows, self.penalty)
         metric = str(train.early_stopping.metric)
+        if self.settings.strategy.probe == "exact":
+            trainee.probe = ExactProbe(self.task.step, self.task.validation_metrics, metric, self.task.metrics[metric],
+                                       self.accelerator)
         fit(trainee, train, Monitor(metric, self.task.metrics[metric], train.early_stopping.patience), self.console)
         self.prepared = trainee.model  # a stage change may have prepared the model again
         return state

@@ -77,6 +77,9 @@ class Task(ABC):
     # What the body must give: features for a new head, or a language model's own next-token logits.
     needs: ClassVar[Literal["features", "logits"]] = "features"
     default_strategy: ClassVar[str | None] = None  # strategy `auto` with nothing frozen; None: full
+    # The training loss is convex in a linear head's weights (cross-entropy, squared error), so a head-only
+    # stage on cached features can be solved exactly (graftune/probe.py) instead of trained by epochs.
+    convex_head: ClassVar[bool] = False
     # Score the test split (and `forgetting_examples`) with the pre-trained model too, for a before/after.
     evaluates_before: ClassVar[bool] = False
 

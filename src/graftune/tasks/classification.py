@@ -49,6 +49,7 @@ class Classification(Task):
         "val_accuracy": "max", "val_macro_f1": "max", "val_balanced_accuracy": "max", "val_roc_auc": "max",
         "val_loss": "min"}
     default_metric = "val_accuracy"
+    convex_head = True  # multinomial logistic regression on the pooled features
 
     @property
     def labels(self) -> list[str]:

@@ -1,0 +1,114 @@
+"""The exact linear probe: a head-only stage on cached features solved to its optimum, not trained by epochs.
+
+When only the head trains, its inputs are fixed encodings (the feature cache) and a head whose only
+parameterised layer is one `nn.Linear` makes the task's loss convex in that layer's weights: for a
+classifier, multinomial logistic regression. So the stage does not need epochs of SGD: L-BFGS on the
+whole cached training set minimises
+
+    task loss (as the task trains: class weights, label smoothing) + l2 / 2 * ||W||^2   (bias not penalised)
+
+for each L2 strength of a grid, from the strongest down (each solve starts from the last), and keeps the
+strength whose head scores best on validation by the run's monitored metric (ties: lower validation
+loss). The grid spans 1e-6..1 and includes 1 / n, the strength of scikit-learn's default `C=1`, so the
+probe tries what `LogisticRegression()` would fit. `strategy.probe: sgd` keeps the epoch-by-epoch head.
+
+    >>> probe = ExactProbe(task.step, task.validation_metrics, monitor, accelerator)
+    >>> train_loss, details = probe.solve(model, cached_train, val_loader)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from graftune.loop import Evaluation, StepFn, evaluate
+
+L2_GRID = tuple(10.0 ** k for k in range(0, -7, -1))  # strongest first: each solve warm-starts the next
+MAX_ITERATIONS = 500
+
+
+def linear_layer(head: nn.Module) -> nn.Linear | None:
+    """The head's one parameterised layer when it is an `nn.Linear` (dropout, pooling and other
+    parameter-free modules aside): then the head-only loss is convex. None otherwise."""
+    weighted = [module for module in head.modules() if any(True for _ in module.parameters(recurse=False))]
+    return weighted[0] if len(weighted) == 1 and isinstance(weighted[0], nn.Linear) else None
+
+
+class HeadOnly(nn.Module):
+    """The head as the task's step calls a model on cached features, outside Accelerate's autocast wrapper:
+    the solve runs in full precision."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        return self.head(inputs["features"])
+
+
+@dataclass
+class ExactProbe:
+    """Solves a head-only stage (see the module docstring); `monitor` is the validation metric and its mode."""
+
+    step: StepFn
+    validation_metrics: Callable[[Evaluation], dict[str, float]]
+    metric: str
+    mode: str  # "max" | "min"
+    accelerator: Any
+    grid: tuple[float, ...] = L2_GRID
+
+    def solve(self, model: nn.Module, features: torch.Tensor, targets: list[Any], val_loader: Any) -> \
+            tuple[float, dict[str, Any]]:
+        """Fit the head of `model` on every cached view (`features`: views x N x ...) and leave the best
+        strength's weights in it; return the training loss there (without the L2 term) and what was tried."""
+        head = self.accelerator.unwrap_model(model).head
+        linear = linear_layer(head)
+        assert linear is not None, "the exact probe needs a linear head"
+        views = features.shape[0]
+        batch = {"inputs": {"features": features.reshape(-1, *features.shape[2:]).to(linear.weight.device)},
+                 "targets": default_collate(list(targets) * views)}
+        batch["targets"] = batch["targets"].to(linear.weight.device)
+        solver = HeadOnly(head).eval()  # dropout off: the optimum of the plain loss
+        with torch.no_grad():
+            linear.weight.zero_()
+            if linear.bias is not None:
+                linear.bias.zero_()
+        grid = sorted({*self.grid, 1.0 / len(batch["targets"])}, reverse=True)
+        tried, best, best_state = [], None, None
+        for l2 in grid:
+            iterations = _minimize(solver, linear, self.step, batch, l2)
+            evaluation = evaluate(model, val_loader, self.step, self.accelerator)
+            scores = self.validation_metrics(evaluation)
+            tried.append({"l2": l2, "iterations": iterations, self.metric: scores[self.metric],
+                          "val_loss": scores["val_loss"]})
+            rank = (scores[self.metric] if self.mode == "max" else -scores[self.metric], -scores["val_loss"])
+            if best is None or rank > best[0]:
+                best = (rank, l2)
+                best_state = {name: value.detach().clone() for name, value in linear.state_dict().items()}
+        assert best is not None and best_state is not None
+        linear.load_state_dict(best_state)
+        with torch.no_grad():
+            train_loss = float(self.step(solver, batch, True).loss)
+        return train_loss, {"solver": "exact", "probe_l2": best[1], "probe_tried": tried}
+
+
+def _minimize(solver: nn.Module, linear: nn.Linear, step: StepFn, batch: dict[str, Any], l2: float) -> int:
+    """L-BFGS with a strong-Wolfe line search on the whole batch; returns the iterations it took."""
+    params = [p for p in (linear.weight, linear.bias) if p is not None]
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=MAX_ITERATIONS, history_size=20, tolerance_grad=1e-7,
+                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = step(solver, batch, True).loss + 0.5 * l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    state = optimizer.state[optimizer._params[0]]
+    return int(state.get("n_iter", 0))
