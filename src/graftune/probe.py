@@ -18,6 +18,7 @@ probe tries what `LogisticRegression()` would fit. `strategy.probe: sgd` keeps t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +41,7 @@ def linear_layer(head: nn.Module) -> nn.Linear | None:
 
 
 class HeadOnly(nn.Module):
-    """The head as the task's step calls a model on cached features, outside Accelerate's autocast wrapper:
-    the solve runs in full precision."""
+    """The head as the task's step calls a model on cached features, outside Accelerate's autocast wrapper."""
 
     def __init__(self, head: nn.Module) -> None:
         super().__init__()
@@ -67,13 +67,16 @@ class ExactProbe:
         """Fit the head of `model` on every cached view (`features`: views x N x ...) and leave the best
         strength's weights in it; return the training loss there (without the L2 term) and what was tried."""
         head = self.accelerator.unwrap_model(model).head
-        linear = linear_layer(head)
-        assert linear is not None, "the exact probe needs a linear head"
-        views = features.shape[0]
-        batch = {"inputs": {"features": features.reshape(-1, *features.shape[2:]).to(linear.weight.device)},
-                 "targets": default_collate(list(targets) * views)}
-        batch["targets"] = batch["targets"].to(linear.weight.device)
-        solver = HeadOnly(head).eval()  # dropout off: the optimum of the plain loss
+        target = linear_layer(head)
+        assert target is not None, "the exact probe needs a linear head"
+        # Solved in float64 on a copy: weakly regularised problems are ill-conditioned, and float32 L-BFGS
+        # stops about 1e-3 away from the optimum there. Dropout off (eval): the optimum of the plain loss.
+        solver = HeadOnly(copy.deepcopy(head).double()).eval()
+        linear = linear_layer(solver.head)
+        assert linear is not None
+        device = target.weight.device
+        batch = {"inputs": {"features": features.reshape(-1, *features.shape[2:]).to(device, torch.float64)},
+                 "targets": default_collate(list(targets) * features.shape[0]).to(device)}
         with torch.no_grad():
             linear.weight.zero_()
             if linear.bias is not None:
@@ -82,6 +85,7 @@ class ExactProbe:
         tried, best, best_state = [], None, None
         for l2 in grid:
             iterations = _minimize(solver, linear, self.step, batch, l2)
+            target.load_state_dict({name: value.to(target.weight.dtype) for name, value in linear.state_dict().items()})
             evaluation = evaluate(model, val_loader, self.step, self.accelerator)
             scores = self.validation_metrics(evaluation)
             tried.append({"l2": l2, "iterations": iterations, self.metric: scores[self.metric],
@@ -89,19 +93,24 @@ class ExactProbe:
             rank = (scores[self.metric] if self.mode == "max" else -scores[self.metric], -scores["val_loss"])
             if best is None or rank > best[0]:
                 best = (rank, l2)
-                best_state = {name: value.detach().clone() for name, value in linear.state_dict().items()}
+                best_state = {name: value.detach().clone() for name, value in target.state_dict().items()}
         assert best is not None and best_state is not None
-        linear.load_state_dict(best_state)
+        target.load_state_dict(best_state)
         with torch.no_grad():
-            train_loss = float(self.step(solver, batch, True).loss)
+            train_loss = float(self.step(HeadOnly(head).eval(), _float32(batch), True).loss)
         return train_loss, {"solver": "exact", "probe_l2": best[1], "probe_tried": tried}
+
+
+def _float32(batch: dict[str, Any]) -> dict[str, Any]:
+    return {**batch, "inputs": {"features": batch["inputs"]["features"].float()}}
 
 
 def _minimize(solver: nn.Module, linear: nn.Linear, step: StepFn, batch: dict[str, Any], l2: float) -> int:
     """L-BFGS with a strong-Wolfe line search on the whole batch; returns the iterations it took."""
     params = [p for p in (linear.weight, linear.bias) if p is not None]
-    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=MAX_ITERATIONS, history_size=20, tolerance_grad=1e-7,
-                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=MAX_ITERATIONS, max_eval=4 * MAX_ITERATIONS,
+                                  history_size=20, tolerance_grad=1e-9, tolerance_change=1e-14,
+                                  line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)

@@ -106,8 +106,9 @@ class Classification(Task):
         targets = batch["targets"]
         if train:
             weights = self.class_weights()
+            weight = None if weights is None else weights.to(logits.device, logits.dtype)  # float64 in the probe
             loss = nn.functional.cross_entropy(logits, targets, label_smoothing=self.settings.train.label_smoothing,
-                                               weight=None if weights is None else weights.to(logits.device))
+                                               weight=weight)
             return Step(loss, len(targets))
         logits = logits.float()
         return Step(nn.functional.cross_entropy(logits, targets), len(targets),
