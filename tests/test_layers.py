@@ -24,9 +24,10 @@ LAYERS: list[set[str]] = [
     {"staging", "settings", "tasks.base", "tasks.heads", "tasks.lm_batches", "tasks.temporal"},
     {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "tasks.causal_lm",
      "tasks.video_classification", "loaders", "fit"},
-    {"artifacts"},
+    {"artifacts", "forgetting"},
     {"run"},
     {"api", "demo"},
+    {"plan"},
     {"cli", ""},  # "" is the package's __init__, which imports the API lazily
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}

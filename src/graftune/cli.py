@@ -225,6 +225,31 @@ def generate(
 
 
 @app.command()
+@user_errors
+def plan(
+    data: Annotated[str, typer.Option(help="the training data: class folders or CSV/JSONL")],
+    model: Annotated[list[str], typer.Option(help="a candidate model (repeat to compare several)")],
+    task: Annotated[str, typer.Option(help="image-classification, text-classification, video-classification")],
+    out: Annotated[Path, typer.Option(help="folder for plan.json and plan.yaml")] = Path("plan"),
+    sample: Annotated[int, typer.Option(min=2, help="training examples to score the candidates on, stratified")] = 1000,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="a config key for every candidate: a.b=value")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace plan.json and plan.yaml in --out")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="import the code a module: model names")] = False,
+) -> None:
+    """Before training: score candidate models on a sample of the data and recommend model, strategy, freezing
+    and rate (data size x similarity); writes OUT/plan.json and a runnable OUT/plan.yaml."""
+    from graftune.plan import make_plan, show_plan, write_plan
+    from graftune.run import Permissions
+
+    if not overwrite and any((out / name).exists() for name in ("plan.json", "plan.yaml")):
+        raise UserError(f"--out {out}: it already holds a plan; give another folder or --overwrite.")
+    result = make_plan(task, model, data, set_ or [], sample, console, Permissions(trust_code=trust_code))
+    write_plan(result, out)
+    show_plan(result, console)
+    typer.echo(f"plan written to {out / 'plan.json'}; train it with: graftune train {out / 'plan.yaml'} --out RUN")
+
+
+@app.command()
 def strategies() -> None:
     """The named fine-tuning strategies and when to use each."""
     from graftune.strategies import DESCRIPTIONS

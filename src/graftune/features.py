@@ -254,6 +254,13 @@ class FeatureFeeds:
                                    f"({self.store.folder})")
         return self._loaders
 
+    def encodings(self, split: Split) -> torch.Tensor:
+        """The body's plain (unaugmented) encodings of `split`'s items (N, ...), from the cache or computed
+        into it, under the same key a training run's validation features use."""
+        with _random_state_kept():
+            key = stage_key(self.model.body, self.preprocess, repr(self.model.neck), self.accelerator)
+            return self._split_features(key, split, augment=False, views=1)[0]
+
     def _train_loader(self, key: str) -> Any:
         features = self._split_features(key, self.train, augment=self.augment, views=self.views)
         return self._loader(features, self.train, self.train_batches)

@@ -38,6 +38,7 @@ from graftune.errors import UserError
 from graftune.faults import reached
 from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, default_cache_dir
 from graftune.fit import Monitor, Trainee, fit
+from graftune.forgetting import OriginalTask
 from graftune.freezing import frozen_parameter_names
 from graftune.grafted import GraftedModel, parameter_summary
 from graftune.loaders import eval_batches, eval_loader, local_loader
@@ -161,6 +162,7 @@ class Run:
         self._setup_accelerator()
         self._setup_regularization()
         self._setup_cache()
+        self._setup_forgetting()
         self._announce()
         if resume:
             self._load_checkpoint()
@@ -320,6 +322,15 @@ class Run:
                 num_workers=int(settings.train.num_workers), console=self.console)
         self.loaders = EpochLoaders(self.train_loader, self.val_loader, feeds, self.switch.head_only)
 
+    def _setup_forgetting(self) -> None:
+        """A chained run (`run:DIR` of a classifier) scores task A before and after, on A's own head."""
+        source = self.settings.model.source
+        self.original = OriginalTask.of(source.removeprefix("run:"), self.settings.regularize.retain,
+                                        self.permissions.trust_code) if source.startswith("run:") else None
+        if self.original is not None:
+            self.console.print(f"forgetting: task A of {self.original.folder} is scored before and after, on "
+                               f"{len(self.original.examples)} examples ({self.original.source})")
+
     def _cached_views(self) -> int:
         """Training views to cache: one plain view, K augmented ones, or 0 (train live) when inputs are mixed."""
         if self.task.mixes_inputs:
@@ -375,8 +386,9 @@ class Run:
         if state.stopped_early or state.converged or state.epoch >= train.epochs:
             return state
         folder = self.run_folder
-        if self.task.evaluates_before and not folder.before.is_file():
-            folder.write_json(folder.before, self._scores())  # the pre-trained model, for before/after
+        if (self.task.evaluates_before or self.original is not None) and not folder.before.is_file():
+            # the pre-trained model, for before/after: its test scores when the task has them before training
+            folder.write_json(folder.before, self._scores(test=self.task.evaluates_before))
         trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
                           self.steps_per_epoch, self.checkpoints, self.rows, self.penalty)
@@ -410,14 +422,22 @@ class Run:
                 raise UserError(f"{folder.path}: cannot save the model ({reason}); the checkpoints are intact. Free "
                                 f"space, then finish with: graftune train --resume {folder.path}") from None
         self.console.print(f"test {task.summary(test)}; best epoch {state.best_epoch}")
+        if self.original is not None:
+            self.console.print(f"task A ({self.original.folder}): accuracy {scores['original']['accuracy']:.4f} "
+                               "after training on this task")
         self.console.print(f"run saved in {folder.path}")
         return RunResult(folder.path, test, state.best_epoch, state.epoch)
 
-    def _scores(self) -> dict[str, Any]:
-        """The model's test results and report, and its score on the retained inputs (when given)."""
+    def _scores(self, test: bool = True) -> dict[str, Any]:
+        """The model's test results and report (with `test`), its score on the retained inputs (when given) and
+        on task A of a chained run."""
         task, model = self.task, self.accelerator.unwrap_model(self.prepared)
-        test = task.test_results(evaluate(self.prepared, self.test_loader, task.step, self.accelerator))
-        scores: dict[str, Any] = {"test": {**test, **task.report(model, self.preprocess, self.data.splits.test)}}
+        scores: dict[str, Any] = {}
+        if test:
+            results = task.test_results(evaluate(self.prepared, self.test_loader, task.step, self.accelerator))
+            scores["test"] = {**results, **task.report(model, self.preprocess, self.data.splits.test)}
+        if self.original is not None:
+            scores["original"] = self.original.score(model.body, self.accelerator)
         if self.retain_loader is not None:
             scores["retained"] = task.test_results(evaluate(self.prepared, self.retain_loader, task.step,
                                                             self.accelerator))
@@ -433,9 +453,12 @@ class Run:
                                    "stopped_early": state.stopped_early, "best_val": {metric: state.best_score}}
         if folder.before.is_file():
             before = folder.read_json(folder.before)
-            results["before"] = before["test"]
+            if "test" in before:
+                results["before"] = before["test"]
             if "retained" in scores:
                 results["forgetting"] = {"before": before.get("retained"), "after": scores["retained"]}
+            if self.original is not None and "original" in before:
+                results["forgetting"] = self.original.report(before["original"], scores["original"])
         folder.write_json(folder.results, results)
         folder.plots.mkdir(exist_ok=True)
         learning_curves(folder.read_metrics(), metric, folder.plots / "learning_curves.png")

@@ -44,7 +44,8 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
     """
     name = resolve_name(cfg, task.default_strategy)
     _check_strategy(cfg, name)
-    check_regularization(cfg, name, backbone.modality, task.evaluates_before)
+    # A chained run scores task A on regularize.retain; a language model scores it as a second corpus.
+    check_regularization(cfg, name, backbone.modality, task.evaluates_before or cfg.model.source.startswith("run:"))
     _warn_ignored(cfg, name, backbone.modality)
     lr = cfg.optim.lr or STRATEGY_LR.get(name) or BODY_LR[backbone.modality]
     head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))

@@ -1,0 +1,87 @@
+"""What a chained run forgot of the task its model was fine-tuned for before.
+
+A run on `model.source: run:DIR` starts from a classifier graftune fine-tuned before (task A). Its own head
+was replaced for the new task (B), but DIR/model still holds A's head. So A can be scored on the body
+as it is before training B (A's own model, exactly) and after: the new body under A's old head and
+pooling, on A's test split as DIR/data_splits.json recorded it, or on `regularize.retain` (labelled
+data of A) when that is given. `results.json` reports both under `forgetting`, with the drop.
+
+    >>> original = OriginalTask.of("runs/a", retain=None, trust_code=False)
+    >>> original.score(body, accelerator)        # {"accuracy": ..., "macro_f1": ..., "examples": ...}
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from graftune.artifacts import FineTuned, load_model
+from graftune.data import record
+from graftune.data.readers import Example
+from graftune.errors import InputWarning, UserError
+from graftune.grafted import GraftedModel
+from graftune.loaders import eval_batches, eval_loader
+from graftune.loop import evaluate
+from graftune.rundir import RunDir
+
+KEPT = ("accuracy", "macro_f1", "balanced_accuracy", "loss", "examples")
+
+
+@dataclass
+class OriginalTask:
+    """Task A of a chained run: its fine-tuned model (for the head, pooling and preprocessing) and examples."""
+
+    folder: Path
+    parent: FineTuned
+    examples: list[Example]
+    source: str  # where the examples come from: A's recorded test split or regularize.retain
+
+    @classmethod
+    def of(cls, run_dir: str | Path, retain: str | None, trust_code: bool) -> OriginalTask | None:
+        """Task A of `run:run_dir` when it is a classifier-like task with a head of its own; None otherwise (a
+        language model is its own head: its forgetting is the perplexity on `regularize.retain`)."""
+        parent = load_model(run_dir, trust_code=trust_code)
+        if parent.task.needs != "features":
+            return None
+        if retain:
+            return cls(Path(run_dir), parent, parent.task.read_labelled(retain, None, "label"), retain)
+        examples = _recorded_test_split(Path(run_dir), parent)
+        return cls(Path(run_dir), parent, examples, "test split of the run") if examples else None
+
+    def score(self, body: nn.Module, accelerator: Any) -> dict[str, Any]:
+        """A's test metrics with `body` under A's head and pooling (the modules themselves, not copies)."""
+        task, preprocess = self.parent.task, self.parent.preprocess
+        model = GraftedModel(body, self.parent.model.head, self.parent.model.neck)
+        model.head.to(accelerator.device)
+        items = task.items(self.examples, preprocess)
+        loader = accelerator.prepare_data_loader(eval_loader(items, task.collate(preprocess),
+                                                             eval_batches(task, items, preprocess, 64)))
+        results = task.test_results(evaluate(model, loader, task.step, accelerator))
+        return {key: results[key] for key in KEPT if key in results}
+
+    def report(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """The `forgetting` section of results.json."""
+        return {"task": str(self.folder), "examples": self.source, "before": before, "after": after,
+                "accuracy_drop": before["accuracy"] - after["accuracy"]}
+
+
+def _recorded_test_split(run_dir: Path, parent: FineTuned) -> list[Example]:
+    """A's test examples as its run recorded them, read from its data as it is now; none (with a warning) when
+    that data moved or changed."""
+    folder = RunDir(run_dir)
+    if not folder.splits.is_file():
+        return []
+    settings = parent.task.settings
+    try:
+        data = type(parent.task).read_data(settings.data)
+        splits, _ = record.restore(folder.read_json(folder.splits), data.splits, parent.task.modality, False,
+                                   folder.splits)
+    except UserError as err:
+        warnings.warn(f"forgetting of {run_dir} not measured: its data cannot be read as recorded ({err}). Give "
+                      "labelled data of that task with regularize.retain.", InputWarning, stacklevel=2)
+        return []
+    return splits.test
