@@ -37,7 +37,7 @@ from graftune.data.readers import read_unlabelled
 from graftune.errors import UserError
 from graftune.faults import reached
 from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, default_cache_dir
-from graftune.fit import Monitor, Trainee, fit
+from graftune.fit import EpochHook, Monitor, Trainee, fit
 from graftune.freezing import frozen_parameter_names
 from graftune.grafted import GraftedModel, parameter_summary
 from graftune.loaders import eval_batches, eval_loader, local_loader
@@ -77,18 +77,18 @@ class Permissions:
 
 
 def train_run(cfg: Config, out: str | Path, overwrite: bool = False, console: Console | None = None,
-              permissions: Permissions = Permissions()) -> RunResult:
+              permissions: Permissions = Permissions(), on_epoch: EpochHook | None = None) -> RunResult:
     """Fine-tune as `cfg` says and write everything into the run folder `out`."""
     run = Run.start(cfg, out, overwrite, console or Console(stderr=True), permissions)
-    run.train()
+    run.train(on_epoch)
     return run.save()
 
 
 def resume_run(out: str | Path, overrides: list[str] | None = None, console: Console | None = None,
-               permissions: Permissions = Permissions()) -> RunResult:
+               permissions: Permissions = Permissions(), on_epoch: EpochHook | None = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint, with its own settings and recorded split."""
     run = Run.resume(out, console or Console(stderr=True), overrides, permissions)
-    run.train()
+    run.train(on_epoch)
     return run.save()
 
 
@@ -348,8 +348,9 @@ class Run:
 
     # --- train and save ---------------------------------------------------------------------------------
 
-    def train(self) -> FitState:
-        """Run the epochs left (none when a resumed run had already finished them)."""
+    def train(self, on_epoch: EpochHook | None = None) -> FitState:
+        """Run the epochs left (none when a resumed run had already finished them). `on_epoch(epoch, row)` is
+        called after each epoch's checkpoint is committed; what it raises stops the run there."""
         train, state = self.settings.train, self.fit_state
         if state.stopped_early or state.epoch >= train.epochs:
             return state
@@ -358,7 +359,7 @@ class Run:
             folder.write_json(folder.before, self._scores())  # the pre-trained model, for before/after
         trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
-                          self.steps_per_epoch, self.checkpoints, self.rows, self.penalty)
+                          self.steps_per_epoch, self.checkpoints, self.rows, self.penalty, on_epoch)
         metric = str(train.early_stopping.metric)
         fit(trainee, train, Monitor(metric, self.task.metrics[metric], train.early_stopping.patience), self.console)
         self.prepared = trainee.model  # a stage change may have prepared the model again
