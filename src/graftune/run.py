@@ -30,7 +30,7 @@ from graftune.artifacts import save_model_folder
 from graftune.backbones import Backbone
 from graftune.backbones.sources import require_trust
 from graftune.checkpoint import Checkpoints, FitState, LoopState, disk_refusal
-from graftune.config import Config, load_config
+from graftune.config import Config, changed_keys, load_config, value_at
 from graftune.data import record
 from graftune.data.inputs import input_encoder
 from graftune.data.readers import read_unlabelled
@@ -435,25 +435,13 @@ def _resume_settings(saved: Config, overrides: list[str]) -> tuple[Config, dict[
     """The saved settings with the overrides a resume may make; any other override is refused by name."""
     changed_cfg = load_config(None, overrides, base=saved.model_dump(mode="json")) if overrides else saved
     before, after = saved.model_dump(mode="json"), changed_cfg.model_dump(mode="json")
-    changed = {key: [_at(before, key), _at(after, key)] for key in _changed_keys(before, after)}
+    changed = {key: [value_at(before, key), value_at(after, key)] for key in changed_keys(before, after)}
     refused = [key for key in changed if key not in RESUMABLE]
     if refused:
         raise UserError(f"--resume continues a run with its own settings; {', '.join(refused)} cannot change (that "
                         f"would make it another run). A resume may change {', '.join(RESUMABLE)}; for anything else "
                         "start a new run with --out.")
     return changed_cfg, changed
-
-
-def _changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [key for name in after for key in _changed_keys(before.get(name), after[name], f"{prefix}{name}.")]
-    return [prefix.rstrip(".")] if before != after else []
-
-
-def _at(tree: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
 
 
 def _check_batchnorm_batches(model: GraftedModel, settings: Config) -> None:
