@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from graftune.artifacts import FineTuned, load_model
-from graftune.config import Config, load_config, validate
+from graftune.config import Config, as_config
 from graftune.fit import EpochHook
 from graftune.run import Permissions, RunResult, resume_run, train_run
 
@@ -36,13 +36,8 @@ def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrid
     permissions = Permissions(trust_code, accept_changed_data)
     if resume:
         return resume_run(out, overrides, console, permissions, on_epoch)
-    if isinstance(config, Config):
-        cfg = config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
-    elif isinstance(config, dict):
-        cfg = load_config(None, overrides, base=config) if overrides else validate(config)
-    else:
-        cfg = load_config(config, overrides)
-    return train_run(cfg, out, overwrite=overwrite, console=console, permissions=permissions, on_epoch=on_epoch)
+    return train_run(as_config(config, overrides), out, overwrite=overwrite, console=console, permissions=permissions,
+                     on_epoch=on_epoch)
 
 
 def load(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:

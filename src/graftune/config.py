@@ -300,6 +300,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(raw, source=source, lines=lines)
 
 
+def as_config(config: str | Path | dict[str, Any] | Config, overrides: list[str] | None = None) -> Config:
+    """A `Config` from what the API takes: a YAML path, a dict or a `Config`, with `key=value` overrides."""
+    if isinstance(config, Config):
+        return config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
+    if isinstance(config, dict):
+        return load_config(None, overrides, base=config) if overrides else validate(config)
+    return load_config(config, overrides)
+
+
 def validate(raw: dict[str, Any], source: str = "config", lines: dict[tuple[str, ...], int] | None = None) -> Config:
     """Validate a plain dict into a `Config`, turning pydantic's report into a `UserError`."""
     try:
