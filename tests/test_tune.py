@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,11 @@ def test_a_study_refuses_to_continue_with_another_search(colours: Path, tmp_path
         tune(config(colours), out, trials=2, space=["optim.lr=choice:0.01,0.1"], only=["optim.lr"], console=quiet)
     tune(config(colours, progress=True), out, trials=1, **arguments)  # how visibly it runs may change
     assert states(out) == ["COMPLETE"]
+
+
+def test_without_optuna_the_error_says_what_to_install(colours: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what `import optuna` meets where it is not installed
+    with pytest.raises(UserError, match=r"pip install 'graftune\[tune\]'"):
+        tune(config(colours), tmp_path / "study", trials=1, console=Console(quiet=True))
+    assert not (tmp_path / "study").exists()
