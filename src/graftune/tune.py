@@ -16,10 +16,10 @@ Each trial draws its values from the search space (graftune/space.py) with Optun
 by train.seed), trains with `graftune.api.train` and is scored by the best epoch's validation metric
 (train.early_stopping.metric, in the task's direction); the test split plays no part. After every epoch
 the trial reports that metric, and Optuna's MedianPruner (n_startup_trials=2, n_warmup_steps=1, the
-steps being the epochs 1, 2, ..., so the first chance is after epoch 1) stops a trial whose value is
-worse than the median of earlier trials at the same epoch; the last epoch is never pruned, as stopping
-there saves nothing. TPE draws its first 10
-trials at random (its n_startup_trials), so a short study is a seeded random search with pruning.
+steps being the epochs 1, 2, ..., so the first chance is after epoch 1) stops a trial whose best value
+so far is worse than the median of the completed trials at the same epoch; the last epoch is never
+pruned, as stopping there saves nothing. TPE draws its first 10 trials at random (its
+n_startup_trials), so a short study is a seeded random search with pruning.
 
 Running the same command again continues the study to `trials` finished (complete or pruned) trials in
 all. A trial that a Ctrl-C interrupted, or that a killed process left running, is marked failed and its
@@ -230,7 +230,7 @@ def _search(optuna: Any, folder: StudyDir, base: Config, space: Space, metric: s
             console.print(f"study {folder.path}: {finished} of {trials} trials finished; searching", markup=False)
             for line in space.describe():
                 console.print(f"  {line}", markup=False, highlight=False)
-            objective = Objective(optuna, folder, base, space, metric, trials, console)
+            objective = Objective(optuna, folder, base, space, metric, console)
             try:
                 study.optimize(objective, n_trials=remaining, timeout=timeout, gc_after_trial=True,
                                callbacks=[lambda study, trial: write_outputs(study, folder, base, metric, console,
@@ -288,6 +288,7 @@ def _retry_interrupted(study: optuna.Study, storage: optuna.storages.RDBStorage,
     from optuna.trial import TrialState
 
     study_id = storage.get_study_id_from_name(STUDY_NAME)
+    # Changed in the storage itself; the study re-reads unfinished trials from it, so it sees the change.
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "interrupted", True)
@@ -306,10 +307,10 @@ class Objective:
     """One trial: draw the values, train a run with them, report every epoch to the pruner, return the best
     epoch's validation score."""
 
-    def __init__(self, optuna: Any, folder: StudyDir, base: Config, space: Space, metric: str, trials: int,
+    def __init__(self, optuna: Any, folder: StudyDir, base: Config, space: Space, metric: str,
                  console: Console) -> None:
         self.optuna, self.folder, self.base, self.space = optuna, folder, base, space
-        self.metric, self.trials, self.console = metric, trials, console
+        self.metric, self.console = metric, console
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = self.space.suggest(trial, self.base)
@@ -326,7 +327,8 @@ class Objective:
             raise
         except UserError as err:
             raise UserError(f"trial {trial.number} ({describe(values)}): {err}") from None
-        return float(RunDir(result.dir).read_json(RunDir(result.dir).results)["best_val"][self.metric])
+        run = RunDir(result.dir)
+        return float(run.read_json(run.results)["best_val"][self.metric])
 
     def _reporter(self, trial: optuna.Trial, epochs: int) -> Any:
         def report(epoch: int, row: dict[str, Any]) -> None:
@@ -334,7 +336,7 @@ class Objective:
             trial.report(value, epoch)
             if epoch < epochs and trial.should_prune():
                 self.console.print(f"trial {trial.number} pruned after epoch {epoch}: {self.metric} {value:.4f} is "
-                                   "worse than the median of earlier trials at this epoch")
+                                   "worse than the median of the completed trials at this epoch")
                 raise self.optuna.TrialPruned()
 
         return report
