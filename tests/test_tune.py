@@ -14,6 +14,7 @@ from typing import Any
 import helpers
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -165,3 +166,18 @@ def test_without_optuna_the_error_says_what_to_install(colours: Path, tmp_path: 
     with pytest.raises(UserError, match=r"pip install 'graftune\[tune\]'"):
         tune(config(colours), tmp_path / "study", trials=1, console=Console(quiet=True))
     assert not (tmp_path / "study").exists()
+
+
+def test_ctrl_c_in_the_cli_says_how_to_continue(colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.e2e.cli import run_cli
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump(config(colours)))
+    helpers.interrupt_epoch(monkeypatch, 1)
+    code, output = run_cli("tune", str(config_file), "--trials", "2", "--out", str(tmp_path / "study"), "--only",
+                           "optim.lr,head.hidden")
+    assert code == 130, output
+    assert "Traceback" not in output
+    assert (f"Continue with the same command: graftune tune {config_file} --trials 2 --out {tmp_path / 'study'} "
+            "--only optim.lr,head.hidden") in " ".join(output.split())
+    assert states(tmp_path / "study") == ["FAIL"]
