@@ -139,3 +139,25 @@ def test_early_stopping_waits_for_the_last_stage(tmp_path: Path) -> None:
     state, rows, _, _ = run_fit(tmp_path, strategy, 7, monitor, [0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
     assert [r["stage"] for r in rows] == ["head", "top-1", "top-2", "top-3", "all"]
     assert state.stopped_early and state.epoch == 5
+
+
+class Stop(Exception):
+    """What an on_epoch hook raises to end the run."""
+
+
+def test_on_epoch_sees_each_committed_epoch_and_can_stop_the_run(tmp_path: Path) -> None:
+    monitor = Monitor("val_accuracy", "max", None)
+    trained, _ = trainee({"name": "full"}, 4, monitor.metric, [0.5, 0.6, 0.7, 0.8], tmp_path / "run")
+    seen: list[tuple[int, float, int]] = []
+
+    def hook(epoch: int, row: dict[str, Any]) -> None:
+        committed = json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())["epoch"]
+        seen.append((epoch, row["val_accuracy"], committed))
+        if epoch == 2:
+            raise Stop
+
+    trained.on_epoch = hook
+    with pytest.raises(Stop):
+        fit(trained, validate(config({"name": "full"}, 4)).train, monitor, Console(quiet=True))
+    assert seen == [(1, 0.5, 1), (2, 0.6, 2)]  # each call after its epoch's commit; none after the raise
+    assert [r["epoch"] for r in RunDir(tmp_path / "run").read_metrics()] == [1, 2]

@@ -23,10 +23,10 @@ LAYERS: list[set[str]] = [
      "optim", "strategies", "regularize", "lora", "features", "data.record", "data.corpus"},
     {"staging", "settings", "tasks.base", "tasks.heads", "tasks.lm_batches", "tasks.temporal"},
     {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "tasks.causal_lm",
-     "tasks.video_classification", "loaders", "fit"},
+     "tasks.video_classification", "loaders", "fit", "space"},
     {"artifacts", "forgetting"},
     {"run"},
-    {"api", "demo"},
+    {"api", "demo", "tune"},
     {"plan"},
     {"cli", ""},  # "" is the package's __init__, which imports the API lazily
 ]

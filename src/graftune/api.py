@@ -18,29 +18,26 @@ from typing import Any
 from rich.console import Console
 
 from graftune.artifacts import FineTuned, load_model
-from graftune.config import Config, load_config, validate
+from graftune.config import Config, as_config
+from graftune.fit import EpochHook
 from graftune.run import Permissions, RunResult, resume_run, train_run
 
 
 def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
           overwrite: bool = False, resume: bool = False, console: Console | None = None, trust_code: bool = False,
-          accept_changed_data: bool = False) -> RunResult:
+          accept_changed_data: bool = False, on_epoch: EpochHook | None = None) -> RunResult:
     """Fine-tune as the config says (a YAML path, a dict or a `Config`) into the run folder `out`.
 
     With `resume`, continue the run in `out` with its own settings (the config is not used; `overrides`
     may give it more epochs) on the split it recorded; `accept_changed_data` continues although data files
-    changed since it started.
+    changed since it started. `on_epoch(epoch, row)` is called with each epoch's metrics row once its
+    checkpoint is committed; an exception it raises stops the run, which `resume` can continue.
     """
     permissions = Permissions(trust_code, accept_changed_data)
     if resume:
-        return resume_run(out, overrides, console, permissions)
-    if isinstance(config, Config):
-        cfg = config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
-    elif isinstance(config, dict):
-        cfg = load_config(None, overrides, base=config) if overrides else validate(config)
-    else:
-        cfg = load_config(config, overrides)
-    return train_run(cfg, out, overwrite=overwrite, console=console, permissions=permissions)
+        return resume_run(out, overrides, console, permissions, on_epoch)
+    return train_run(as_config(config, overrides), out, overwrite=overwrite, console=console, permissions=permissions,
+                     on_epoch=on_epoch)
 
 
 def load(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:

@@ -1,4 +1,4 @@
-"""The `graftune` command: train, evaluate, predict, demo. One small function per command."""
+"""The `graftune` command: train, tune, evaluate, predict, demo. One small function per command."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import os
+import shlex
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -159,6 +160,35 @@ def _interrupted(run: Path | None) -> None:
         console.print(f"interrupted; epoch {epoch} is the last checkpointed one. Continue with: "
                       f"graftune train --resume {run}")
     raise typer.Exit(130)
+
+
+@app.command()
+@user_errors
+def tune(
+    config: Annotated[Path, typer.Argument(help="YAML config of the runs to tune")],
+    trials: Annotated[int, typer.Option("--trials", help="finished (complete or pruned) trials the study should "
+                                                         "reach; running again continues to that number")],
+    out: Annotated[Path, typer.Option("--out", help="study directory: created, or continued")],
+    space: Annotated[list[str] | None, typer.Option(
+        "--space", help="KEY=SPEC to search, added to the defaults: log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH, "
+                        "choice:A,B,...")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="search only these keys: KEY[,KEY...]")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="a setting of every trial: a.b=value")] = None,
+    timeout: Annotated[float | None, typer.Option(help="start no trial after this many seconds")] = None,
+) -> None:
+    """Search hyperparameters with Optuna: each trial a run; the best config and a table of trials written."""
+    from graftune.tune import tune as tune_api
+
+    try:
+        tune_api(config, out, trials, space=space, only=only, overrides=set_, timeout=timeout, console=console)
+    except KeyboardInterrupt:
+        options = [(name, value) for name, values in (("--space", space), ("--only", only), ("--set", set_))
+                   for value in values or []] + ([("--timeout", f"{timeout:g}")] if timeout is not None else [])
+        command = shlex.join(["graftune", "tune", str(config), "--trials", str(trials), "--out", str(out),
+                              *(part for option in options for part in option)])
+        console.print("interrupted; the finished trials are kept and the interrupted one runs again first. Continue "
+                      f"with the same command: {command}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
 
 
 @app.command()

@@ -282,16 +282,12 @@ class Config(Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    def updated(self, values: dict[str, Any]) -> Config:
-        """A new, validated config with `values` at their dotted keys ({"optim.lr": 1e-3})."""
+    def updated(self, values: dict[str, Any], source: str = "resolved settings") -> Config:
+        """A new, validated config with `values` at their dotted keys ({"optim.lr": 1e-3}); errors name `source`."""
         raw = self.model_dump(mode="json")
         for key, value in values.items():
-            *parents, last = key.split(".")
-            section = raw
-            for part in parents:
-                section = section[part]
-            section[last] = value
-        return validate(raw, source="resolved settings")
+            _set_key(raw, key, value)
+        return validate(raw, source=source)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -306,6 +302,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         _apply_override(raw, item)
     return validate(raw, source=source, lines=lines)
+
+
+def as_config(config: str | Path | dict[str, Any] | Config, overrides: list[str] | None = None) -> Config:
+    """A `Config` from what the API takes: a YAML path, a dict or a `Config`, with `key=value` overrides."""
+    if isinstance(config, Config):
+        return config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
+    if isinstance(config, dict):
+        return load_config(None, overrides, base=config) if overrides else validate(config)
+    return load_config(config, overrides)
 
 
 def validate(raw: dict[str, Any], source: str = "config", lines: dict[tuple[str, ...], int] | None = None) -> Config:
@@ -349,7 +354,8 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _parse(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A value as `--set` reads it: YAML, with 1e-3 a float and only true/false booleans (see _Loader)."""
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: builds no arbitrary objects
 
 
@@ -358,7 +364,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raise UserError(f"{path}: config file not found.")
     text = path.read_text(encoding="utf-8")
     try:
-        data = _parse(text)
+        data = parse_value(text)
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -385,19 +391,38 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise UserError(f"--set {item!r}: expected KEY=VALUE, for example train.epochs=5.")
     key, _, text = item.partition("=")
-    parts = key.strip().split(".")
     try:
-        value = _parse(text) if text.strip() else ""
+        value = parse_value(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    _set_key(raw, key.strip(), value)
+
+
+def _set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Put `value` at the dotted `key`, making the sections on the way (validation then names unknown ones)."""
+    *parents, last = key.split(".")
     target = raw
-    for part in parts[:-1]:
+    for part in parents:
         child = target.get(part)
         if not isinstance(child, dict):
             child = {}
             target[part] = child
         target = child
-    target[parts[-1]] = value
+    target[last] = value
+
+
+def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dumps."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [key for name in after for key in changed_keys(before.get(name), after[name], f"{prefix}{name}.")]
+    return [prefix.rstrip(".")] if before != after else []
+
+
+def value_at(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a config dump."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

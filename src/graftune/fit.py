@@ -25,6 +25,8 @@ from graftune.sampling import ShuffledBatches
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage
 
+EpochHook = Callable[[int, dict[str, Any]], None]
+
 
 @dataclass(frozen=True)
 class Monitor:
@@ -54,6 +56,9 @@ class Trainee:
     rows: list[dict[str, Any]]  # metrics.jsonl so far: committed with every checkpoint
     penalty: Callable[[], torch.Tensor] | None = None
     probe: ExactProbe | None = None  # solves head-only stages on cached features instead of epochs of SGD
+    # Called with (epoch, metrics row) once the epoch's checkpoint is committed; it may raise to stop the run,
+    # which then resumes from that checkpoint (graftune tune prunes trials through it).
+    on_epoch: EpochHook | None = None
 
 
 def improved(score: float, best: float | None, mode: str) -> bool:
@@ -96,6 +101,8 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, monitor: Monitor, console: Con
         shown = "" if monitor.metric == "val_loss" else f"  {monitor.metric} {score:.4f}"
         console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {row['train_loss']:.4f}  "
                       f"val_loss {row['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)")
+        if trainee.on_epoch is not None:
+            trainee.on_epoch(epoch, row)
         if state.converged:
             console.print(f"the head is solved exactly (L2 {row['probe_l2']:.0e} chosen on validation): no further "
                           "epoch can improve it")

@@ -30,14 +30,14 @@ from graftune.artifacts import save_model_folder
 from graftune.backbones import Backbone
 from graftune.backbones.sources import require_trust
 from graftune.checkpoint import Checkpoints, FitState, LoopState, disk_refusal
-from graftune.config import Config, load_config
+from graftune.config import Config, changed_keys, load_config, value_at
 from graftune.data import record
 from graftune.data.inputs import input_encoder
 from graftune.data.readers import read_unlabelled
 from graftune.errors import UserError
 from graftune.faults import reached
 from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, default_cache_dir
-from graftune.fit import Monitor, Trainee, fit
+from graftune.fit import EpochHook, Monitor, Trainee, fit
 from graftune.forgetting import OriginalTask
 from graftune.freezing import frozen_parameter_names
 from graftune.grafted import GraftedModel, parameter_summary
@@ -79,18 +79,18 @@ class Permissions:
 
 
 def train_run(cfg: Config, out: str | Path, overwrite: bool = False, console: Console | None = None,
-              permissions: Permissions = Permissions()) -> RunResult:
+              permissions: Permissions = Permissions(), on_epoch: EpochHook | None = None) -> RunResult:
     """Fine-tune as `cfg` says and write everything into the run folder `out`."""
     run = Run.start(cfg, out, overwrite, console or Console(stderr=True), permissions)
-    run.train()
+    run.train(on_epoch)
     return run.save()
 
 
 def resume_run(out: str | Path, overrides: list[str] | None = None, console: Console | None = None,
-               permissions: Permissions = Permissions()) -> RunResult:
+               permissions: Permissions = Permissions(), on_epoch: EpochHook | None = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint, with its own settings and recorded split."""
     run = Run.resume(out, console or Console(stderr=True), overrides, permissions)
-    run.train()
+    run.train(on_epoch)
     return run.save()
 
 
@@ -380,8 +380,9 @@ class Run:
 
     # --- train and save ---------------------------------------------------------------------------------
 
-    def train(self) -> FitState:
-        """Run the epochs left (none when a resumed run had already finished them)."""
+    def train(self, on_epoch: EpochHook | None = None) -> FitState:
+        """Run the epochs left (none when a resumed run had already finished them). `on_epoch(epoch, row)` is
+        called after each epoch's checkpoint is committed; what it raises stops the run there."""
         train, state = self.settings.train, self.fit_state
         if state.stopped_early or state.converged or state.epoch >= train.epochs:
             return state
@@ -391,7 +392,7 @@ class Run:
             folder.write_json(folder.before, self._scores(test=self.task.evaluates_before))
         trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
-                          self.steps_per_epoch, self.checkpoints, self.rows, self.penalty)
+                          self.steps_per_epoch, self.checkpoints, self.rows, self.penalty, on_epoch=on_epoch)
         metric = str(train.early_stopping.metric)
         if self.settings.strategy.probe == "exact":
             trainee.probe = ExactProbe(self.task.step, self.task.validation_metrics, metric, self.task.metrics[metric],
@@ -481,25 +482,13 @@ def _resume_settings(saved: Config, overrides: list[str]) -> tuple[Config, dict[
     """The saved settings with the overrides a resume may make; any other override is refused by name."""
     changed_cfg = load_config(None, overrides, base=saved.model_dump(mode="json")) if overrides else saved
     before, after = saved.model_dump(mode="json"), changed_cfg.model_dump(mode="json")
-    changed = {key: [_at(before, key), _at(after, key)] for key in _changed_keys(before, after)}
+    changed = {key: [value_at(before, key), value_at(after, key)] for key in changed_keys(before, after)}
     refused = [key for key in changed if key not in RESUMABLE]
     if refused:
         raise UserError(f"--resume continues a run with its own settings; {', '.join(refused)} cannot change (that "
                         f"would make it another run). A resume may change {', '.join(RESUMABLE)}; for anything else "
                         "start a new run with --out.")
     return changed_cfg, changed
-
-
-def _changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [key for name in after for key in _changed_keys(before.get(name), after[name], f"{prefix}{name}.")]
-    return [prefix.rstrip(".")] if before != after else []
-
-
-def _at(tree: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
 
 
 def _check_batchnorm_batches(model: GraftedModel, settings: Config) -> None:

@@ -105,7 +105,7 @@ class RunDir:
                                 "to delete them with --overwrite. Move them away or choose another --out.")
         staged = RunDir(path.parent / f".{path.name}.graftune-new")
         try:
-            created = _make_parents(path.parent)
+            created = make_parents(path.parent)
             shutil.rmtree(staged.path, ignore_errors=True)
             staged.path.mkdir()
             (staged.path / MARKER).write_text(MARKER_TEXT)
@@ -176,7 +176,7 @@ def replace_folder(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _make_parents(folder: Path) -> list[Path]:
+def make_parents(folder: Path) -> list[Path]:
     """mkdir -p, returning the folders it made, outermost first."""
     missing = []
     while not folder.exists():

@@ -47,13 +47,13 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
     # A chained run scores task A on regularize.retain; a language model scores it as a second corpus.
     check_regularization(cfg, name, backbone.modality, task.evaluates_before or cfg.model.source.startswith("run:"))
     _warn_ignored(cfg, name, backbone.modality)
-    lr = cfg.optim.lr or STRATEGY_LR.get(name) or BODY_LR[backbone.modality]
+    lr = default_lr(cfg, name, backbone.modality)
     head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))
     values = {
         "strategy.name": name, "optim.lr": lr, "optim.head_lr": head_lr,
         "train.mixed_precision": resolve_precision(cfg.train.mixed_precision),
         "train.num_workers": resolve_workers(cfg.train.num_workers, backbone.modality),
-        "train.early_stopping.metric": _metric(cfg, task),
+        "train.early_stopping.metric": monitored_metric(cfg, task),
     }
     if isinstance(backbone.preprocess, ImagePreprocess):
         values["data.image_size"] = backbone.preprocess.size
@@ -126,7 +126,14 @@ def _default(section: type[StrategyConfig] | type[RegularizeConfig] | type[DataC
     return field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
 
 
-def _metric(cfg: Config, task: type[Task]) -> str:
+def default_lr(cfg: Config, strategy: str, modality: str) -> float:
+    """The body rate a run with this strategy and body modality gets: the config's own, else the default
+    (see resolve_settings)."""
+    return cfg.optim.lr or STRATEGY_LR.get(strategy) or BODY_LR[modality]
+
+
+def monitored_metric(cfg: Config, task: type[Task]) -> str:
+    """The validation metric that picks the best epoch: train.early_stopping.metric, else the task's."""
     metric = cfg.train.early_stopping.metric or task.default_metric
     if metric not in task.metrics:
         raise UserError(f"train.early_stopping.metric: '{metric}' is not a metric of task {task.name}. "

@@ -22,6 +22,7 @@ import helpers
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from rich.console import Console
 
@@ -829,6 +830,96 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
 @case("generate: an empty prompt")
 def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return ["generate", copy(kit.text_run, user, "run"), "--prompt", "  "], ["--prompt: empty prompt"]
+
+
+# tune
+
+
+def tune_args(user: Path, kit: Kit, *extra: Any) -> list[Any]:
+    """`graftune tune` on a tiny CNN over the colour images, from a config in the user's folder."""
+    data = copy(kit.images, user, "images")
+    config = write_config(user, yaml.safe_dump({**image_config(data), "train": {"epochs": 1, "batch_size": 8,
+                                                                                "progress": False}}))
+    return ["tune", config, "--trials", "2", "--out", user / "study", *extra]
+
+
+@case("tune: a bad --space spec")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--space", "optim.lr=log:0:1e-3"), ["--space optim.lr=log:0:1e-3",
+                                                                    "LOW above 0"]
+
+
+@case("tune: a --space kind that does not exist")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--space", "head.dropout=uniform:0:1"), ["unknown spec 'uniform'", "choice:A,B"]
+
+
+@case("tune: an unknown --space key")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--space", "optim.lrr=log:1e-4:1e-2"), [
+        "--space optim.lrr: unknown key 'optim.lrr'", "Did you mean 'lr'"]
+
+
+@case("tune: a --space value the key refuses")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--space", "head.dropout=float:0:1.5"), ["--space head.dropout", "less than 1"]
+
+
+@case("tune: searching the data")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--space", "data.train=choice:a,b"), ["--space data.train",
+                                                                      "set data.train with --set"]
+
+
+@case("tune: --only a key that is not searched")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--only", "head.dropout"), ["--only head.dropout: not in the search space",
+                                                            "--space head.dropout=SPEC"]
+
+
+@case("tune: a strategy of the search that the config rules out")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--set", "regularize.l2sp=0.1"), ["--space strategy.name=linear-probe",
+                                                                  "regularize.l2sp"]
+
+
+@case("tune: no trials")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = tune_args(user, kit)
+    args[args.index("--trials") + 1] = "0"
+    return args, ["--trials 0", "at least 1 trial"]
+
+
+@case("tune: a timeout of no time")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return tune_args(user, kit, "--timeout", "0"), ["--timeout 0"]
+
+
+@case("tune: a study folder that is not a study")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "study" / "notes.txt", "mine")
+    return tune_args(user, kit), [f"{user / 'study'}: exists and is not a graftune study", "Choose another --out"]
+
+
+@case("tune: a run folder as the study")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    copy(kit.image_run, user, "study")
+    return tune_args(user, kit), ["is a graftune run, not a study"]
+
+
+@case("tune: data that the first trial cannot read")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    # The study folder is made just before trial 0 fails: a study in which nothing finished is removed again.
+    return tune_args(user, kit, "--set", f"data.train={user / 'gone'}"), ["trial 0", str(user / "gone")]
+
+
+@case("tune: continuing a study with other settings")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = tune_args(user, kit, "--only", "optim.lr")
+    code, output = run_cli(*[str(a) for a in [*args[:3], "1", *args[4:]]])  # a 1-trial study to continue
+    assert code == 0, output
+    return [*args, "--set", "train.batch_size=4"], ["this study was started with other settings",
+                                                     "train.batch_size differ"]
 
 
 # --- the check ---------------------------------------------------------------------------------------------
