@@ -19,7 +19,7 @@ from torch import nn
 import graftune
 from graftune.errors import UserError
 from graftune.loop import Evaluation, Step
-from graftune.probe import ExactProbe, HeadOnly, _minimize, linear_layer
+from graftune.probe import ExactProbe, _minimize, linear_layer, standardized_solver
 
 
 @pytest.fixture(autouse=True)
@@ -46,16 +46,17 @@ def cross_entropy_step(model: nn.Module, batch: dict[str, Any], train: bool) -> 
 @pytest.mark.parametrize("l2", [1e-1, 1e-2, 1e-3])
 def test_the_solve_matches_scikit_learns_logistic_regression(l2: float) -> None:
     x, y = blobs()
-    x, linear = x.double(), nn.Linear(x.shape[1], 3).double()  # as the probe solves
-    with torch.no_grad():
-        linear.weight.zero_()
-        linear.bias.zero_()
-    _minimize(HeadOnly(linear), linear, cross_entropy_step, {"inputs": {"features": x}, "targets": y}, l2)
+    x = 3.0 + x.double() * torch.linspace(0.1, 10, x.shape[1])  # off-centre, scales apart: as pooled features
+    solver, standardized = standardized_solver(nn.Sequential(nn.Dropout(0.2), nn.Linear(x.shape[1], 3)), x)
+    _minimize(solver, standardized, cross_entropy_step, {"inputs": {"features": x}, "targets": y}, l2)
+    linear = nn.Linear(x.shape[1], 3).double()
+    linear.load_state_dict(standardized.exported())
     # scikit-learn minimises C * sum(loss) + ||W||^2 / 2, i.e. mean(loss) + ||W||^2 / (2 C n): C = 1 / (l2 n)
     reference = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=10_000).fit(x.double().numpy(), y.numpy())
     np.testing.assert_allclose(linear.weight.detach().numpy(), reference.coef_, atol=1e-5)
     bias = linear.bias.detach().numpy()  # softmax logits are defined up to a constant: compare centred biases
-    np.testing.assert_allclose(bias - bias.mean(), reference.intercept_ - reference.intercept_.mean(), atol=1e-5)
+    np.testing.assert_allclose(bias - bias.mean(), reference.intercept_ - reference.intercept_.mean(),
+                               rtol=1e-5, atol=1e-5)
 
     def objective(weight: torch.Tensor, bias: torch.Tensor) -> float:
         logits = x.double() @ weight.double().T + bias.double()
