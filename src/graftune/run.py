@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from graftune.grafted import GraftedModel, parameter_summary
 from graftune.loaders import eval_batches, eval_loader, local_loader
 from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
+from graftune.lr_find import Finding, RangeTest, Trial, find, range_test_stage
 from graftune.plots import learning_curves
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.rundir import RunDir, replace_folder
@@ -95,9 +97,11 @@ def resume_run(out: str | Path, overrides: list[str] | None = None, console: Con
 class Run:
     """A run folder and everything one training in it needs (see the module docstring)."""
 
-    def __init__(self, folder: RunDir | None, console: Console, permissions: Permissions) -> None:
+    def __init__(self, folder: RunDir | None, console: Console, permissions: Permissions,
+                 stage: Callable[[list[Stage]], int] = lambda stages: 0) -> None:
         self.folder, self.console, self.permissions = folder, console, permissions
         self.resume_note: dict[str, Any] = {}
+        self.first_stage = stage  # the stage a new run is set up in: the first, but for a range test
 
     @classmethod
     def start(cls, cfg: Config, out: str | Path, overwrite: bool, console: Console,
@@ -116,11 +120,12 @@ class Run:
 
     @classmethod
     def detached(cls, cfg: Config, console: Console, permissions: Permissions = Permissions(),
-                 data: TaskData | None = None) -> Run:
+                 data: TaskData | None = None, stage: Callable[[list[Stage]], int] = lambda stages: 0) -> Run:
         """Everything a new run sets up (the model, its stages, loaders and feature cache), with no run folder:
         for the commands that look at a task before training it (plan, lr-find). `data` replaces what
-        `cfg.data` reads (a sample of it)."""
-        run = cls(None, console, permissions)
+        `cfg.data` reads (a sample of it); `stage` picks the stage it is set up in, from the strategy's
+        stages (as a resume in that stage would be: its frozen set, optimizer groups and rates)."""
+        run = cls(None, console, permissions, stage)
         run.setup(cfg, resume=False, data=data)
         return run
 
@@ -213,7 +218,8 @@ class Run:
     def _setup_state(self, resume: bool) -> None:
         """The loop state (the last checkpoint's when resuming) and the optimizer of its stage."""
         self.latest = self.checkpoints.latest() if resume else None
-        self.fit_state = self.checkpoints.loop_state(self.latest)[0] if self.latest else FitState()
+        self.fit_state = self.checkpoints.loop_state(self.latest)[0] if self.latest else \
+            FitState(stage=self.first_stage(self.stages))
         if self.fit_state.epoch > self.settings.train.epochs:
             raise UserError(f"train.epochs={self.settings.train.epochs}: this run has already trained "
                             f"{self.fit_state.epoch} epochs. Give more epochs, or none, to --resume.")
@@ -346,7 +352,16 @@ class Run:
         self.console.print(f"strategy {self.settings.strategy.name}: "
                            + " -> ".join(_stage_line(stage) for stage in self.stages))
 
-    # --- train and save ---------------------------------------------------------------------------------
+    # --- the range test, and train and save ----------------------------------------------------------------
+
+    def range_test(self, test: RangeTest, progress: bool = False) -> Finding:
+        """The learning-rate range test (lr_find.py) on the stage this run is set up in; the run is left as it
+        was."""
+        optim, stage = self.settings.optim, self.stages[self.fit_state.stage]
+        assert isinstance(optim.lr, float), "resolve the settings first"
+        trial = Trial(self.prepared, self.optimizer, self.accelerator, self.loaders.for_epoch().train, self.task.step,
+                      optim.lr, optim.grad_clip, self.penalty)
+        return find(trial, test, stage.name, progress)
 
     def train(self) -> FitState:
         """Run the epochs left (none when a resumed run had already finished them)."""
@@ -428,6 +443,14 @@ class Run:
         save_model_folder(staged, model, self.backbone, self.task, self.preprocess,
                           parent=source if source.startswith("run:") else None)
         replace_folder(staged, self.run_folder.model)
+
+
+def find_lr(cfg: Config, console: Console, permissions: Permissions = Permissions(), test: RangeTest = RangeTest(),
+            data: TaskData | None = None, progress: bool = False) -> Finding:
+    """The learning-rate range test for `cfg`, on a detached run set up in the stage that will train
+    (lr_find.range_test_stage)."""
+    run = Run.detached(cfg, console, permissions, data, stage=range_test_stage)
+    return run.range_test(test, progress)
 
 
 def _resume_settings(saved: Config, overrides: list[str]) -> tuple[Config, dict[str, list[Any]]]:
