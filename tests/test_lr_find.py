@@ -1,8 +1,10 @@
 """The learning-rate range test: fastai's rules on constructed curves, a test that leaves the model as it was,
-scales every group together and stops when the loss diverges."""
+scales every group together and stops when the loss diverges, and `optim.lr: auto` through a whole run."""
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import random
 from pathlib import Path
@@ -12,12 +14,15 @@ import helpers
 import numpy as np
 import pytest
 import torch
+import yaml
 from rich.console import Console
 
+import graftune
+import graftune.run
 from graftune.config import validate
 from graftune.errors import UserError
 from graftune.lr_find import Average, RangeTest, range_test_stage, suggest, valley_index
-from graftune.run import Run
+from graftune.run import Run, find_lr
 from graftune.strategies import plan
 
 QUIET = Console(quiet=True)
@@ -150,3 +155,42 @@ def test_every_group_moves_together_and_the_test_stops_when_the_loss_diverges(co
     for rate, rates in zip(finding.rates, seen, strict=True):
         assert [r / s for r, s in zip(rates, stage_rates, strict=True)] == pytest.approx(
             [rate / finding.base_lr] * len(rates))
+
+
+def test_optim_lr_auto_trains_with_the_rate_found_and_records_it(colours: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # 30 steps instead of 100 keep this test short; the path is the one every auto run takes.
+    monkeypatch.setattr(graftune.run, "find_lr", functools.partial(find_lr, test=RangeTest(1e-5, 10.0, 30)))
+    raw = config(colours, freeze={"body": 2}, optim={"lr": "auto"})
+    graftune.train(raw, tmp_path / "auto", console=QUIET, trust_code=True)
+
+    settings = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    found = json.loads((tmp_path / "auto" / "lr_find.json").read_text())
+    assert isinstance(settings["optim"]["lr"], float) and settings["optim"]["lr"] == found["lr"]
+    assert settings["optim"]["head_lr"] == min(1e-3, 20 * found["lr"])  # derived from the rate found
+    assert found["stage"] == "partial" and found["rule"] == "valley" and found["steps"] == 30
+    assert (tmp_path / "auto" / "plots" / "lr_find.png").stat().st_size > 0
+
+    # The test left nothing behind: a run given that rate trains exactly the same way.
+    given = config(colours, freeze={"body": 2}, optim={"lr": found["lr"]})
+    graftune.train(given, tmp_path / "given", console=QUIET, trust_code=True)
+    assert _rows(tmp_path / "auto") == _rows(tmp_path / "given")
+
+    def searched(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a resume searched again")
+
+    monkeypatch.setattr(graftune.run, "find_lr", searched)
+    graftune.train({}, tmp_path / "auto", overrides=["train.epochs=3"], resume=True, console=QUIET,
+                   trust_code=True)
+    assert json.loads((tmp_path / "auto" / "lr_find.json").read_text()) == found
+
+    (tmp_path / "auto" / "config.yaml").write_text(yaml.safe_dump({**settings, "optim": {
+        **settings["optim"], "lr": "auto"}}))
+    with pytest.raises(UserError, match=r"optim\.lr is 'auto'"):
+        graftune.train({}, tmp_path / "auto", overrides=["train.epochs=4"], resume=True, console=QUIET,
+                       trust_code=True)
+
+
+def _rows(run: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in row.items() if "seconds" not in key} for row in rows]

@@ -13,6 +13,7 @@ becomes the run folder only when setup succeeded (rundir.py).
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from collections.abc import Callable
@@ -44,7 +45,8 @@ from graftune.grafted import GraftedModel, parameter_summary
 from graftune.loaders import eval_batches, eval_loader, local_loader
 from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
-from graftune.lr_find import Finding, RangeTest, Trial, find, range_test_stage
+from graftune.lr_find import Finding, RangeTest, Trial, find, kept_random_state, range_test_stage
+from graftune.lr_find import write as write_finding
 from graftune.plots import learning_curves
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.rundir import RunDir, replace_folder
@@ -102,6 +104,7 @@ class Run:
         self.folder, self.console, self.permissions = folder, console, permissions
         self.resume_note: dict[str, Any] = {}
         self.first_stage = stage  # the stage a new run is set up in: the first, but for a range test
+        self.finding: Finding | None = None  # optim.lr auto: the range test that decided the rate
 
     @classmethod
     def start(cls, cfg: Config, out: str | Path, overwrite: bool, console: Console,
@@ -134,6 +137,9 @@ class Run:
                permissions: Permissions = Permissions()) -> Run:
         folder = RunDir(out).require_resumable()
         saved = load_config(folder.config)
+        if saved.optim.lr == "auto":
+            raise UserError(f"{folder.config}: optim.lr is 'auto', but a run records the rate its range test found "
+                            "(lr_find.json). Put that number back, or start a new run.")
         if saved.model.source.startswith("module:") or saved.model.trust_remote_code:
             spec = saved.model.source + (" with model.trust_remote_code" if saved.model.trust_remote_code else "")
             require_trust(spec, folder.config, permissions.trust_code)
@@ -158,6 +164,7 @@ class Run:
         cfg = with_absolute_paths(cfg)
         set_seed(cfg.train.seed)
         self._setup_data(cfg, resume, data)
+        cfg = self._setup_lr(cfg)
         self._setup_backbone(cfg)
         self._setup_model()
         self._setup_state(resume)
@@ -186,6 +193,22 @@ class Run:
                 self.console.print(f"resuming on the recorded split as the data now is: {changes.describe()}")
             data = TaskData(splits, saved.get("schema") or data.schema)
         self.data: TaskData = data
+
+    def _setup_lr(self, cfg: Config) -> Config:
+        """optim.lr auto: the rate the range test picks, found on a detached run of the same config and data
+        before anything of this run exists. The random generators are kept, so this run then draws as one
+        given that rate would (a resume reads the rate from config.yaml and never gets here with auto)."""
+        if cfg.optim.lr != "auto":
+            return cfg
+        self.console.print("optim.lr auto: learning-rate range test first")
+        with kept_random_state():
+            self.finding = find_lr(cfg, Console(quiet=True), self.permissions, data=self.data,
+                                   progress=cfg.train.progress)
+        gc.collect()  # the detached run's model and loaders, before this run loads its own
+        finding = self.finding
+        self.console.print(f"optim.lr auto -> {finding.lr:.3g} ({finding.rule} of the range test on stage "
+                           f"{finding.stage}; {len(finding.rates)} steps, {finding.seconds:.0f} s)")
+        return cfg.updated({"optim.lr": finding.lr})
 
     def _setup_backbone(self, cfg: Config) -> None:
         """Load the backbone, then decide every default of the run for it, once."""
@@ -341,6 +364,8 @@ class Run:
         folder.write_json(folder.strategy, {"name": self.settings.strategy.name,
                                             "stages": [stage.to_json() for stage in self.stages],
                                             "groups": [group.name for group in self.backbone.groups]})
+        if self.finding is not None:
+            write_finding(self.finding, folder.lr_find, folder.plots / "lr_find.png")
 
     def _announce(self) -> None:
         splits, summary = self.data.splits, parameter_summary(self.model)
@@ -447,9 +472,10 @@ class Run:
 
 def find_lr(cfg: Config, console: Console, permissions: Permissions = Permissions(), test: RangeTest = RangeTest(),
             data: TaskData | None = None, progress: bool = False) -> Finding:
-    """The learning-rate range test for `cfg`, on a detached run set up in the stage that will train
-    (lr_find.range_test_stage)."""
-    run = Run.detached(cfg, console, permissions, data, stage=range_test_stage)
+    """The learning-rate range test for `cfg` (`graftune lr-find`, `optim.lr: auto`), on a detached run set up
+    in the stage that will train (lr_find.range_test_stage); `optim.lr: auto` tests around the default rate."""
+    base = cfg.updated({"optim.lr": None}) if cfg.optim.lr == "auto" else cfg
+    run = Run.detached(base, console, permissions, data, stage=range_test_stage)
     return run.range_test(test, progress)
 
 

@@ -46,7 +46,9 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
     _check_strategy(cfg, name)
     check_regularization(cfg, name, backbone.modality, task.evaluates_before)
     _warn_ignored(cfg, name, backbone.modality)
-    lr = cfg.optim.lr or STRATEGY_LR.get(name) or BODY_LR[backbone.modality]
+    given = cfg.optim.lr
+    assert given != "auto", "optim.lr auto is the range test's to decide, before the settings (run.Run.setup)"
+    lr = given or STRATEGY_LR.get(name) or BODY_LR[backbone.modality]
     head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))
     values = {
         "strategy.name": name, "optim.lr": lr, "optim.head_lr": head_lr,
