@@ -19,7 +19,8 @@ from rich.console import Console
 
 from graftune.artifacts import FineTuned, load_model
 from graftune.config import Config, load_config, validate
-from graftune.run import Permissions, RunResult, resume_run, train_run
+from graftune.lr_find import Finding, RangeTest, output_folder, write
+from graftune.run import Permissions, RunResult, find_lr, resume_run, train_run
 
 
 def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
@@ -34,13 +35,29 @@ def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrid
     permissions = Permissions(trust_code, accept_changed_data)
     if resume:
         return resume_run(out, overrides, console, permissions)
+    return train_run(_config(config, overrides), out, overwrite=overwrite, console=console, permissions=permissions)
+
+
+def range_test(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
+               test: RangeTest = RangeTest(), overwrite: bool = False, console: Console | None = None,
+               trust_code: bool = False) -> Finding:
+    """The learning-rate range test on the stage of the config's run that will train (graftune/lr_find.py):
+    writes `out`/lr_find.json and `out`/lr_find.png and returns the finding (`.lr`: the rate picked).
+    A non-empty `out` is refused unless `overwrite`, which replaces only those two files."""
+    folder = output_folder(out, overwrite)  # refused before minutes of work, not after
+    cfg = _config(config, overrides)
+    finding = find_lr(cfg, console or Console(stderr=True), Permissions(trust_code), test, progress=cfg.train.progress)
+    write(finding, folder / "lr_find.json", folder / "lr_find.png")
+    return finding
+
+
+def _config(config: str | Path | dict[str, Any] | Config, overrides: list[str] | None) -> Config:
+    """A `Config` from a YAML path, a dict or a `Config`, with the `key=value` overrides applied."""
     if isinstance(config, Config):
-        cfg = config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
-    elif isinstance(config, dict):
-        cfg = load_config(None, overrides, base=config) if overrides else validate(config)
-    else:
-        cfg = load_config(config, overrides)
-    return train_run(cfg, out, overwrite=overwrite, console=console, permissions=permissions)
+        return config if not overrides else load_config(None, overrides, base=config.model_dump(mode="json"))
+    if isinstance(config, dict):
+        return load_config(None, overrides, base=config) if overrides else validate(config)
+    return load_config(config, overrides)
 
 
 def load(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:
