@@ -70,6 +70,7 @@ def test_the_rules_read_fastais_part_of_the_curve() -> None:
     ran_out = [9.0, 8.0, *CURVE, math.nan]  # reached no divergence but a NaN loss
     assert suggest(rates[:15], ran_out, 20, diverged=False) == rounded
     assert suggest(rates[:8], [1.0, 0.9, 0.8, 0.7, 0.6, 9, 9, 9], 20, diverged=True) is None  # 1 point left
+    assert suggest(rates[:4], [1.0, 0.9, 0.8, 9.0], 5, diverged=True) is None  # fewer points than the end left out
 
 
 def test_the_smoothed_loss_is_a_debiased_moving_average() -> None:

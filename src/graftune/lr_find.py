@@ -214,7 +214,7 @@ def _one_step(batches: Iterator[Batch], accelerator: Any) -> Iterator[Batch]:
 def suggest(rates: list[float], smoothed: list[float], steps: int, diverged: bool) -> dict[str, float] | None:
     """valley, minimum/10 and steepest on the part of the curve fastai reads (see the module docstring),
     up to the first loss that is not finite; None when fewer than two points are left."""
-    keep = slice(steps // 10, len(smoothed) - SKIP_END if diverged else len(smoothed))
+    keep = slice(steps // 10, max(0, len(smoothed) - SKIP_END) if diverged else len(smoothed))
     r, losses = np.asarray(rates[keep], dtype=float), np.asarray(smoothed[keep], dtype=float)
     finite = np.isfinite(losses)
     if not finite.all():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from graftune.config import Config, load_config
 from graftune.data import record
 from graftune.data.inputs import input_encoder
 from graftune.data.readers import read_unlabelled
-from graftune.errors import UserError
+from graftune.errors import InputWarning, UserError
 from graftune.faults import reached
 from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, default_cache_dir
 from graftune.fit import Monitor, Trainee, fit
@@ -201,7 +202,8 @@ class Run:
         if cfg.optim.lr != "auto":
             return cfg
         self.console.print("optim.lr auto: learning-rate range test first")
-        with kept_random_state():
+        with kept_random_state(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)  # this run's setup says the same just after
             self.finding = find_lr(cfg, Console(quiet=True), self.permissions, data=self.data,
                                    progress=cfg.train.progress)
         gc.collect()  # the detached run's model and loaders, before this run loads its own
@@ -386,6 +388,8 @@ class Run:
         assert isinstance(optim.lr, float), "resolve the settings first"
         trial = Trial(self.prepared, self.optimizer, self.accelerator, self.loaders.for_epoch().train, self.task.step,
                       optim.lr, optim.grad_clip, self.penalty)
+        self.console.print(f"range test on stage {stage.name}: optim.lr from {test.start:g} to {test.end:g} over "
+                           f"{test.steps} steps")
         return find(trial, test, stage.name, progress)
 
     def train(self) -> FitState:
