@@ -151,6 +151,16 @@ def test_invalid_values_name_the_key(tmp_path: Path) -> None:
     assert "'head.hidden'" in error_of(path, overrides=["head.hidden=wide"])
 
 
+def test_a_learning_rate_is_a_positive_number_or_auto(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "optim:\n  lr: auto\n")
+    assert load_config(path).optim.lr == "auto"
+    assert load_config(path, overrides=["optim.lr=2e-4"]).optim.lr == pytest.approx(2e-4)
+    for value in ("fast", "-1e-3", "0", ".nan"):
+        message = error_of(path, overrides=[f"optim.lr={value}"])
+        assert "'optim.lr'" in message and "a positive number or 'auto'" in message, message
+        assert message.count("\n") == 0  # one line, not one per member of the union
+
+
 def test_invalid_yaml_reports_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "task: text-classification\nmodel:\n  source: x\n  bad: : 2\n")
     message = error_of(path)

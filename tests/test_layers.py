@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"backbones", "backbones.base", "backbones.surgery", "backbones.hf", "backbones.module", "backbones.presets",
      "backbones.vision_libs", "backbones.sources", "backbones.inflate", "data.inputs", "data.splits", "freezing",
      "optim", "strategies", "regularize", "lora", "features", "data.record", "data.corpus"},
-    {"staging", "settings", "tasks.base", "tasks.heads", "tasks.lm_batches", "tasks.temporal"},
+    {"staging", "settings", "lr_find", "tasks.base", "tasks.heads", "tasks.lm_batches", "tasks.temporal"},
     {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "tasks.causal_lm",
      "tasks.video_classification", "loaders", "fit", "space"},
     {"artifacts", "forgetting"},

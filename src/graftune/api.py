@@ -20,7 +20,8 @@ from rich.console import Console
 from graftune.artifacts import FineTuned, load_model
 from graftune.config import Config, as_config
 from graftune.fit import EpochHook
-from graftune.run import Permissions, RunResult, resume_run, train_run
+from graftune.lr_find import Finding, RangeTest, output_folder, write
+from graftune.run import Permissions, RunResult, find_lr, resume_run, train_run
 
 
 def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
@@ -38,6 +39,19 @@ def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrid
         return resume_run(out, overrides, console, permissions, on_epoch)
     return train_run(as_config(config, overrides), out, overwrite=overwrite, console=console, permissions=permissions,
                      on_epoch=on_epoch)
+
+
+def range_test(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
+               test: RangeTest = RangeTest(), overwrite: bool = False, console: Console | None = None,
+               trust_code: bool = False) -> Finding:
+    """The learning-rate range test on the stage of the config's run that will train (graftune/lr_find.py):
+    writes `out`/lr_find.json and `out`/lr_find.png and returns the finding (`.lr`: the rate picked).
+    A non-empty `out` is refused unless `overwrite`, which replaces only those two files."""
+    folder = output_folder(out, overwrite)  # refused before minutes of work, not after
+    cfg = as_config(config, overrides)
+    finding = find_lr(cfg, console or Console(stderr=True), Permissions(trust_code), test, progress=cfg.train.progress)
+    write(finding, folder / "lr_find.json", folder / "lr_find.png")
+    return finding
 
 
 def load(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:

@@ -143,6 +143,39 @@ def train(
         _interrupted(target)
 
 
+@app.command("lr-find")
+@user_errors
+def lr_find(
+    config: Annotated[Path, typer.Argument(help="YAML config of the run to find a rate for")],
+    out: Annotated[Path | None, typer.Option("--out", help="folder for lr_find.json and lr_find.png")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: a.b=value")] = None,
+    start: Annotated[float, typer.Option(help="first value of optim.lr tested")] = 1e-7,
+    end: Annotated[float, typer.Option(help="last value of optim.lr tested")] = 10.0,
+    steps: Annotated[int, typer.Option(help="optimizer steps (the training batches cycle if an epoch is "
+                                            "shorter); the test stops early when the loss diverges")] = 100,
+    overwrite: Annotated[bool, typer.Option(help="replace lr_find.json and lr_find.png in a non-empty --out")] = False,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+) -> None:
+    """Learning-rate range test: the loss of the stage that will train at rising rates, and the rate picked.
+
+    The rate rises exponentially from --start to --end; the pick follows fastai's valley rule.
+
+    Writes lr_find.json and lr_find.png into --out."""
+    from graftune.api import range_test
+    from graftune.lr_find import RangeTest
+
+    if out is None:
+        raise UserError("--out DIR is required: the folder for lr_find.json and lr_find.png.")
+    test = RangeTest(start, end, steps)  # refuses a range it cannot test, before anything loads
+    finding = range_test(config, out, set_ or [], test, overwrite, console, trust_code)
+    others = ", ".join(f"{name} {rate:.3g}" for name, rate in finding.suggestions.items() if name != finding.rule)
+    typer.echo(f"optim.lr {finding.lr:.3g} ({finding.rule}; {others}) on stage {finding.stage}, "
+               f"{len(finding.rates)} steps in {finding.seconds:.0f} s; curve in {out / 'lr_find.png'}")
+    given = "".join(f" --set {shlex.quote(item)}" for item in set_ or [])
+    typer.echo(f"use it: graftune train {shlex.quote(str(config))}{given} --set optim.lr={finding.lr:.3g} --out RUN "
+               "(or optim.lr: auto, which runs this test when a run starts)")
+
+
 def _interrupted(run: Path | None) -> None:
     """Ctrl-C: say what is saved and how to go on, and exit 130 as shells expect."""
     from graftune.checkpoint import Checkpoints

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -180,13 +181,29 @@ class RegularizeConfig(Section):
 
 
 class OptimConfig(Section):
-    lr: float | None = Field(None, gt=0, description="body learning rate; default depends on task and freezing")
+    lr: float | Literal["auto"] | None = Field(
+        None, description="body learning rate; default depends on task and freezing; auto: the learning-rate range "
+                          "test picks it when the run starts (see graftune lr-find)")
     head_lr: float | None = Field(None, gt=0,
                                   description="head learning rate; default: 20x lr capped at 1e-3, lr if body frozen")
     weight_decay: float = Field(0.01, ge=0)
     schedule: Schedule = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _rate_or_auto(cls, value: Any) -> Any:
+        """One message naming what is accepted, not one per member of the union."""
+        if value is None or value == "auto":
+            return value
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a positive number or 'auto', not {value!r}") from None
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"expected a positive number or 'auto', not {value!r}")
+        return rate
 
 
 class EarlyStopConfig(Section):

@@ -1,7 +1,9 @@
-"""PNG plots in the run directory: learning curves of any task, and a classifier's test confusion matrix."""
+"""PNG plots in the run directory: learning curves of any task, a classifier's test confusion matrix, and the
+loss against the rate of a learning-rate range test."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,31 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def lr_find_plot(rates: list[float], losses: list[float], smoothed: list[float], suggestions: dict[str, float],
+                 chosen: str, title: str, path: Path) -> None:
+    """Loss against rate on a log axis: each step's loss faintly, the smoothed loss the rules read (which sets
+    the vertical range), and the suggested rates as vertical lines (the chosen one solid)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    finite = [(r, raw, smooth) for r, raw, smooth in zip(rates, losses, smoothed, strict=True)
+              if math.isfinite(raw) and math.isfinite(smooth)]
+    if finite:
+        xs, raws, smooths = zip(*finite, strict=True)
+        ax.plot(xs, raws, color="tab:blue", alpha=0.25, label="loss per step")
+        ax.plot(xs, smooths, color="tab:blue", label="smoothed loss")
+        low, high = min(smooths), max(smooths)
+        margin = 0.1 * (high - low) or 0.1 * abs(high) or 0.1
+        ax.set_ylim(low - margin, high + margin)  # single steps spike far above what the rules read
+    for (name, rate), color in zip(suggestions.items(), ("tab:red", "tab:green", "tab:purple"), strict=False):
+        ax.axvline(rate, color=color, linestyle="-" if name == chosen else ":",
+                   label=f"{name} {rate:.3g}" + (" (chosen)" if name == chosen else ""))
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (optim.lr)", ylabel="training loss", title=plain(title))
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

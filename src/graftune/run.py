@@ -13,8 +13,11 @@ becomes the run folder only when setup succeeded (rundir.py).
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from graftune.config import Config, changed_keys, load_config, value_at
 from graftune.data import record
 from graftune.data.inputs import input_encoder
 from graftune.data.readers import read_unlabelled
-from graftune.errors import UserError
+from graftune.errors import InputWarning, UserError
 from graftune.faults import reached
 from graftune.features import EpochLoaders, FeatureFeeds, FeatureStore, Split, default_cache_dir
 from graftune.fit import EpochHook, Monitor, Trainee, fit
@@ -44,6 +47,8 @@ from graftune.grafted import GraftedModel, parameter_summary
 from graftune.loaders import eval_batches, eval_loader, local_loader
 from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
+from graftune.lr_find import Finding, RangeTest, Trial, find, kept_random_state, range_test_stage
+from graftune.lr_find import write as write_finding
 from graftune.plots import learning_curves
 from graftune.probe import ExactProbe, linear_layer
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
@@ -97,9 +102,12 @@ def resume_run(out: str | Path, overrides: list[str] | None = None, console: Con
 class Run:
     """A run folder and everything one training in it needs (see the module docstring)."""
 
-    def __init__(self, folder: RunDir | None, console: Console, permissions: Permissions) -> None:
+    def __init__(self, folder: RunDir | None, console: Console, permissions: Permissions,
+                 stage: Callable[[list[Stage]], int] = lambda stages: 0) -> None:
         self.folder, self.console, self.permissions = folder, console, permissions
         self.resume_note: dict[str, Any] = {}
+        self.first_stage = stage  # the stage a new run is set up in: the first, but for a range test
+        self.finding: Finding | None = None  # optim.lr auto: the range test that decided the rate
 
     @classmethod
     def start(cls, cfg: Config, out: str | Path, overwrite: bool, console: Console,
@@ -118,11 +126,12 @@ class Run:
 
     @classmethod
     def detached(cls, cfg: Config, console: Console, permissions: Permissions = Permissions(),
-                 data: TaskData | None = None) -> Run:
+                 data: TaskData | None = None, stage: Callable[[list[Stage]], int] = lambda stages: 0) -> Run:
         """Everything a new run sets up (the model, its stages, loaders and feature cache), with no run folder:
         for the commands that look at a task before training it (plan, lr-find). `data` replaces what
-        `cfg.data` reads (a sample of it)."""
-        run = cls(None, console, permissions)
+        `cfg.data` reads (a sample of it); `stage` picks the stage it is set up in, from the strategy's
+        stages (as a resume in that stage would be: its frozen set, optimizer groups and rates)."""
+        run = cls(None, console, permissions, stage)
         run.setup(cfg, resume=False, data=data)
         return run
 
@@ -131,6 +140,9 @@ class Run:
                permissions: Permissions = Permissions()) -> Run:
         folder = RunDir(out).require_resumable()
         saved = load_config(folder.config)
+        if saved.optim.lr == "auto":
+            raise UserError(f"{folder.config}: optim.lr is 'auto', but a run records the rate its range test found "
+                            "(lr_find.json). Put that number back, or start a new run.")
         if saved.model.source.startswith("module:") or saved.model.trust_remote_code:
             spec = saved.model.source + (" with model.trust_remote_code" if saved.model.trust_remote_code else "")
             require_trust(spec, folder.config, permissions.trust_code)
@@ -155,6 +167,7 @@ class Run:
         cfg = with_absolute_paths(cfg)
         set_seed(cfg.train.seed)
         self._setup_data(cfg, resume, data)
+        cfg = self._setup_lr(cfg)
         self._setup_backbone(cfg)
         self._setup_model()
         self._setup_state(resume)
@@ -184,6 +197,23 @@ class Run:
                 self.console.print(f"resuming on the recorded split as the data now is: {changes.describe()}")
             data = TaskData(splits, saved.get("schema") or data.schema)
         self.data: TaskData = data
+
+    def _setup_lr(self, cfg: Config) -> Config:
+        """optim.lr auto: the rate the range test picks, found on a detached run of the same config and data
+        before anything of this run exists. The random generators are kept, so this run then draws as one
+        given that rate would (a resume reads the rate from config.yaml and never gets here with auto)."""
+        if cfg.optim.lr != "auto":
+            return cfg
+        self.console.print("optim.lr auto: learning-rate range test first")
+        with kept_random_state(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)  # this run's setup says the same just after
+            self.finding = find_lr(cfg, Console(quiet=True), self.permissions, data=self.data,
+                                   progress=cfg.train.progress)
+        gc.collect()  # the detached run's model and loaders, before this run loads its own
+        finding = self.finding
+        self.console.print(f"optim.lr auto -> {finding.lr:.3g} ({finding.rule} of the range test on stage "
+                           f"{finding.stage}; {len(finding.rates)} steps, {finding.seconds:.0f} s)")
+        return cfg.updated({"optim.lr": finding.lr})
 
     def _setup_backbone(self, cfg: Config) -> None:
         """Load the backbone, then decide every default of the run for it, once."""
@@ -236,7 +266,8 @@ class Run:
     def _setup_state(self, resume: bool) -> None:
         """The loop state (the last checkpoint's when resuming) and the optimizer of its stage."""
         self.latest = self.checkpoints.latest() if resume else None
-        self.fit_state = self.checkpoints.loop_state(self.latest)[0] if self.latest else FitState()
+        self.fit_state = self.checkpoints.loop_state(self.latest)[0] if self.latest else \
+            FitState(stage=self.first_stage(self.stages))
         if self.fit_state.epoch > self.settings.train.epochs:
             raise UserError(f"train.epochs={self.settings.train.epochs}: this run has already trained "
                             f"{self.fit_state.epoch} epochs. Give more epochs, or none, to --resume.")
@@ -367,6 +398,8 @@ class Run:
         folder.write_json(folder.strategy, {"name": self.settings.strategy.name,
                                             "stages": [stage.to_json() for stage in self.stages],
                                             "groups": [group.name for group in self.backbone.groups]})
+        if self.finding is not None:
+            write_finding(self.finding, folder.lr_find, folder.plots / "lr_find.png")
 
     def _announce(self) -> None:
         splits, summary = self.data.splits, parameter_summary(self.model)
@@ -378,7 +411,22 @@ class Run:
         self.console.print(f"strategy {self.settings.strategy.name}: "
                            + " -> ".join(_stage_line(stage) for stage in self.stages))
 
-    # --- train and save ---------------------------------------------------------------------------------
+    # --- the range test, and train and save ----------------------------------------------------------------
+
+    def range_test(self, test: RangeTest, progress: bool = False) -> Finding:
+        """The learning-rate range test (lr_find.py) on the stage this run is set up in; the run is left as it
+        was."""
+        optim, stage = self.settings.optim, self.stages[self.fit_state.stage]
+        assert isinstance(optim.lr, float), "resolve the settings first"
+        if stage.train == "head" and self.settings.strategy.probe == "exact":
+            raise UserError(f"strategy {self.settings.strategy.name} trains only the head, which is solved exactly "
+                            "(strategy.probe: exact): no rate to find. Give a number for optim.lr, or set "
+                            "strategy.probe=sgd to train the head by epochs at a found rate.")
+        trial = Trial(self.prepared, self.optimizer, self.accelerator, self.loaders.for_epoch().train, self.task.step,
+                      optim.lr, optim.grad_clip, self.penalty)
+        self.console.print(f"range test on stage {stage.name}: optim.lr from {test.start:g} to {test.end:g} over "
+                           f"{test.steps} steps")
+        return find(trial, test, stage.name, progress)
 
     def train(self, on_epoch: EpochHook | None = None) -> FitState:
         """Run the epochs left (none when a resumed run had already finished them). `on_epoch(epoch, row)` is
@@ -476,6 +524,15 @@ class Run:
         save_model_folder(staged, model, self.backbone, self.task, self.preprocess,
                           parent=source if source.startswith("run:") else None)
         replace_folder(staged, self.run_folder.model)
+
+
+def find_lr(cfg: Config, console: Console, permissions: Permissions = Permissions(), test: RangeTest = RangeTest(),
+            data: TaskData | None = None, progress: bool = False) -> Finding:
+    """The learning-rate range test for `cfg` (`graftune lr-find`, `optim.lr: auto`), on a detached run set up
+    in the stage that will train (lr_find.range_test_stage); `optim.lr: auto` tests around the default rate."""
+    base = cfg.updated({"optim.lr": None}) if cfg.optim.lr == "auto" else cfg
+    run = Run.detached(base, console, permissions, data, stage=range_test_stage)
+    return run.range_test(test, progress)
 
 
 def _resume_settings(saved: Config, overrides: list[str]) -> tuple[Config, dict[str, list[Any]]]:

@@ -2,6 +2,7 @@
 
     RUN/.graftune-run        the marker: graftune made this folder
     RUN/config.yaml          resolved settings
+    RUN/lr_find.json         with optim.lr auto: the range test that picked the rate (its plot in plots/)
     RUN/data_splits.json     which example went to train / val / test (with a digest of each), the schema
     RUN/strategy.json        the strategy's stages and the layer groups
     RUN/metrics.jsonl        one JSON object per epoch
@@ -30,7 +31,7 @@ from graftune.errors import UserError
 
 MARKER = ".graftune-run"
 MARKER_TEXT = "graftune run directory\n"
-ENTRIES = {MARKER, "config.yaml", "data_splits.json", "strategy.json", "metrics.jsonl", "results.json",
+ENTRIES = {MARKER, "config.yaml", "lr_find.json", "data_splits.json", "strategy.json", "metrics.jsonl", "results.json",
            "resumes.json", "before.json", "model", "checkpoints", "plots"}
 
 
@@ -49,6 +50,7 @@ class RunDir:
     resumes = property(lambda self: self.path / "resumes.json")
     before = property(lambda self: self.path / "before.json")
     plots = property(lambda self: self.path / "plots")
+    lr_find = property(lambda self: self.path / "lr_find.json")
 
     # --- what the folder is -----------------------------------------------------------------------------
 

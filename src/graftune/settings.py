@@ -47,6 +47,7 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
     # A chained run scores task A on regularize.retain; a language model scores it as a second corpus.
     check_regularization(cfg, name, backbone.modality, task.evaluates_before or cfg.model.source.startswith("run:"))
     _warn_ignored(cfg, name, backbone.modality)
+    assert cfg.optim.lr != "auto", "optim.lr auto is the range test's to decide, before the settings (run.Run.setup)"
     lr = default_lr(cfg, name, backbone.modality)
     head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))
     values = {
@@ -128,8 +129,9 @@ def _default(section: type[StrategyConfig] | type[RegularizeConfig] | type[DataC
 
 def default_lr(cfg: Config, strategy: str, modality: str) -> float:
     """The body rate a run with this strategy and body modality gets: the config's own, else the default
-    (see resolve_settings)."""
-    return cfg.optim.lr or STRATEGY_LR.get(strategy) or BODY_LR[modality]
+    (see resolve_settings); with `auto`, the default (what a search or a range test starts from)."""
+    given = cfg.optim.lr if cfg.optim.lr != "auto" else None
+    return given or STRATEGY_LR.get(strategy) or BODY_LR[modality]
 
 
 def monitored_metric(cfg: Config, task: type[Task]) -> str:

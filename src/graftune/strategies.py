@@ -89,7 +89,7 @@ def plan(settings: Config, num_groups: int) -> list[Stage]:
     """The stages of the resolved settings' strategy for a body with `num_groups` trainable layer groups."""
     strategy, optim, epochs = settings.strategy, settings.optim, settings.train.epochs
     name = strategy.name
-    assert name != "auto" and optim.lr is not None and optim.head_lr is not None, "resolve the settings first"
+    assert name != "auto" and isinstance(optim.lr, float) and optim.head_lr is not None, "resolve the settings first"
     base = Stage(name, "all", None, None, optim.lr, optim.head_lr, strategy.lr_decay or 1.0, optim.schedule,
                  optim.warmup_ratio)
     probe_epochs = strategy.probe_epochs or max(1, epochs // 2)

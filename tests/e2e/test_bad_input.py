@@ -921,6 +921,75 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return [*args, "--set", "train.batch_size=4"], ["this study was started with other settings",
                                                      "train.batch_size differ"]
 
+# the learning-rate range test
+
+
+def lr_find(user: Path, kit: Kit, *extra: Any, probe: str = "sgd") -> list[Any]:
+    """A linear probe trained by epochs (an exact one has no rate to find)."""
+    data = copy(kit.text, user, "news")
+    config = write_config(user, json.dumps({**text_config(data, kit.bert), "train": {"progress": False},
+                                            "strategy": {"probe": probe}}))
+    return ["lr-find", config, "--out", user / "lr", *extra]
+
+
+@case("lr-find: a head that is solved exactly")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lr_find(user, kit, probe="exact"), ["solved exactly", "strategy.probe=sgd"]
+
+
+@case("lr-find: --start not below --end")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lr_find(user, kit, "--start", "1", "--end", "0.1"), ["--start 1 --end 0.1", "--start below --end"]
+
+
+@case("lr-find: a start that is not positive")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lr_find(user, kit, "--start", "0"), ["--start 0", "positive number"]
+
+
+@case("lr-find: too few steps")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lr_find(user, kit, "--steps", "3"), ["--steps 3", "at least 5 steps"]
+
+
+@case("lr-find: config file missing")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["lr-find", user / "nope.yaml", "--out", user / "lr"], [f"{user / 'nope.yaml'}: config file not found"]
+
+
+@case("lr-find: no --out")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lr_find(user, kit)[:2], ["--out DIR is required"]
+
+
+@case("lr-find: --out holds the user's files")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "lr").mkdir()
+    (user / "lr" / "lr_find.json").write_text("my own notes")
+    return lr_find(user, kit), [f"--out {user / 'lr'}", "not empty", "--overwrite"]
+
+
+@case("lr-find: --out is a file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "lr").write_text("a file")
+    return lr_find(user, kit, "--overwrite"), [f"--out {user / 'lr'}", "is a file"]
+
+
+@case("lr-find: a loss that diverges at once")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lr_find(user, kit, "--start", "1e3", "--end", "1e6", "--steps", "20"), [
+        "range test stopped after", "too few points to pick a rate", "--start"]
+
+
+@case("lr-find: a bad override")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return lr_find(user, kit, "--set", "optim.head_lr=-1"), ["'optim.head_lr'", "greater than 0"]
+
+
+@case("optim.lr neither a number nor auto")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "optim.lr=fast"), ["'optim.lr'", "a positive number or 'auto'", "'fast'"]
+
 
 # --- the check ---------------------------------------------------------------------------------------------
 
