@@ -24,7 +24,7 @@ from torch import nn
 from benchmarks.common import close, print_aligned, print_checks, write_report
 from benchmarks.foundation import build_bbc, build_fmnist
 
-EPOCHS = {"bbc": 4, "fmnist": 8, "digits": 8}
+EPOCHS = {"bbc": 3, "fmnist": 5, "digits": 5}
 
 
 def random_efficientnet_lite0() -> nn.Module:

@@ -53,10 +53,11 @@ def test_the_solve_matches_scikit_learns_logistic_regression(l2: float) -> None:
     linear.load_state_dict(standardized.exported())
     # scikit-learn minimises C * sum(loss) + ||W||^2 / 2, i.e. mean(loss) + ||W||^2 / (2 C n): C = 1 / (l2 n)
     reference = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-10, max_iter=10_000).fit(x.double().numpy(), y.numpy())
-    np.testing.assert_allclose(linear.weight.detach().numpy(), reference.coef_, atol=1e-5)
+    # the probe stops at a gradient of 1e-6 (scikit-learn here at 1e-10): weights within 1e-4
+    np.testing.assert_allclose(linear.weight.detach().numpy(), reference.coef_, atol=1e-4)
     bias = linear.bias.detach().numpy()  # softmax logits are defined up to a constant: compare centred biases
     np.testing.assert_allclose(bias - bias.mean(), reference.intercept_ - reference.intercept_.mean(),
-                               rtol=1e-5, atol=1e-5)
+                               rtol=1e-4, atol=1e-4)
 
     def objective(weight: torch.Tensor, bias: torch.Tensor) -> float:
         logits = x.double() @ weight.double().T + bias.double()
@@ -115,7 +116,7 @@ def test_validation_picks_the_l2_strength_and_its_weights_stay() -> None:
     assert set(tried) == {1.0, 1e-2, 1e-5, 1 / 60}  # the grid and scikit-learn's default strength
     chosen = details["probe_l2"]
     reference = LogisticRegression(C=1 / (chosen * 60), tol=1e-10, max_iter=10_000).fit(x.double().numpy(), y.numpy())
-    np.testing.assert_allclose(model.head[1].weight.detach().numpy(), reference.coef_, atol=1e-5)
+    np.testing.assert_allclose(model.head[1].weight.detach().numpy(), reference.coef_, atol=1e-4)
     with torch.no_grad():
         assert train_loss == pytest.approx(float(nn.functional.cross_entropy(model.eval()({"features": x}), y)),
                                            abs=1e-5)
