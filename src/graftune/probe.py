@@ -8,9 +8,10 @@ whole cached training set minimises
     task loss (as the task trains: class weights, label smoothing) + l2 / 2 * ||W||^2   (bias not penalised)
 
 for each L2 strength of a grid, from the strongest down (each solve starts from the last), and keeps the
-strength whose head scores best on validation by the run's monitored metric (ties: lower validation
-loss). The grid spans 1e-6..1 and includes 1 / n, the strength of scikit-learn's default `C=1`, so the
-probe tries what `LogisticRegression()` would fit. `strategy.probe: sgd` keeps the epoch-by-epoch head.
+strength whose head scores best on validation by the run's monitored metric (ties: the strongest, as
+scikit-learn's LogisticRegressionCV breaks them). The grid spans 1e-6..1 and includes 1 / n, the
+strength of scikit-learn's default `C=1`, so the probe tries what `LogisticRegression()` would fit.
+`strategy.probe: sgd` keeps the epoch-by-epoch head.
 
     >>> probe = ExactProbe(task.step, task.validation_metrics, monitor, accelerator)
     >>> train_loss, details = probe.solve(model, cached_train, val_loader)
@@ -160,8 +161,8 @@ class ExactProbe:
             scores = self.validation_metrics(evaluation)
             tried.append({"l2": l2, "iterations": iterations, self.metric: scores[self.metric],
                           "val_loss": scores["val_loss"]})
-            rank = (scores[self.metric] if self.mode == "max" else -scores[self.metric], -scores["val_loss"])
-            if best is None or rank > best[0]:
+            rank = scores[self.metric] if self.mode == "max" else -scores[self.metric]
+            if best is None or rank > best[0]:  # strict: among equals the strongest (first) strength stays
                 best = (rank, l2)
                 best_state = {name: value.detach().clone() for name, value in target.state_dict().items()}
         assert best is not None and best_state is not None
