@@ -56,16 +56,17 @@ def features(cfg: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from rich.console import Console
 
     from graftune.config import validate
-    from graftune.features import extract_features
+    from graftune.features import Split
     from graftune.run import Run
     from graftune.sampling import sorted_batches
 
     run = Run.detached(validate(cfg), Console(stderr=True, quiet=True))
+    assert run.loaders.cache is not None
     out = {}
-    for split, items in run.items.items():
+    for split, items in run.items.items():  # through the feature cache: the runs above stored train and val
         lengths = run.task.lengths(items, run.preprocess)
         batches = sorted_batches(lengths, run.settings.train.eval_batch_size, len(items))
-        encoded = extract_features(run.model, items, run.task.collate(run.preprocess), batches, run.accelerator)
+        encoded = run.loaders.cache.encodings(Split(items, batches))
         out[split] = (encoded.numpy().astype(np.float64), np.array([target for _, target in items]))
     return out
 
