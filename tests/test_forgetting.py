@@ -73,9 +73,14 @@ def test_a_chained_run_reports_task_a_before_and_after(task_a: Path, tmp_path: P
     assert full["after"]["loss"] != pytest.approx(full["before"]["loss"], abs=1e-4)  # a trained body moved
 
 
-def test_retain_scores_task_a_on_the_data_given(task_a: Path, tmp_path: Path) -> None:
+def test_retain_scores_task_a_when_its_recorded_split_is_gone(task_a: Path, tmp_path: Path) -> None:
     more_a = helpers.write_colour_folders(tmp_path / "more-a", per_class=5, seed=7)
-    graftune.train(config(task_b(tmp_path), f"run:{task_a}", regularize={"retain": str(more_a)}),
+    b_data = task_b(tmp_path)
+    graftune.train(config(b_data, f"run:{task_a}", regularize={"retain": str(more_a)}),
+                   out=tmp_path / "with-split", console=QUIET, trust_code=True)
+    assert forgetting(tmp_path / "with-split")["examples"] == "test split of the run"  # A's own split first
+    shutil.move(tmp_path / "colours", tmp_path / "moved")  # A's data is gone: --retain stands in for it
+    graftune.train(config(b_data, f"run:{task_a}", regularize={"retain": str(more_a)}),
                    out=tmp_path / "b-run", console=QUIET, trust_code=True)
     section = forgetting(tmp_path / "b-run")
     assert section["before"]["examples"] == 15 and section["examples"] == str(more_a.resolve())
@@ -83,6 +88,7 @@ def test_retain_scores_task_a_on_the_data_given(task_a: Path, tmp_path: Path) ->
 
 def test_retain_with_labels_task_a_never_had_is_refused(task_a: Path, tmp_path: Path) -> None:
     data = task_b(tmp_path)
+    shutil.move(tmp_path / "colours", tmp_path / "moved")
     with pytest.raises(UserError, match="were not in the training data"):
         graftune.train(config(data, f"run:{task_a}", regularize={"retain": str(data)}), out=tmp_path / "x",
                        console=QUIET, trust_code=True)

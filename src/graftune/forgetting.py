@@ -3,8 +3,10 @@
 A run on `model.source: run:DIR` starts from a classifier graftune fine-tuned before (task A). Its own head
 was replaced for the new task (B), but DIR/model still holds A's head. So A can be scored on the body
 as it is before training B (A's own model, exactly) and after: the new body under A's old head and
-pooling, on A's test split as DIR/data_splits.json recorded it, or on `regularize.retain` (labelled
-data of A) when that is given. `results.json` reports both under `forgetting`, with the drop.
+pooling, on A's test split as DIR/data_splits.json recorded it, or, when that split cannot be read (A's
+data moved), on `regularize.retain` (labelled data of A). A's own test split comes first because
+`regularize.retain` also feeds EWC's Fisher: scoring forgetting on the inputs a penalty was fitted to
+would flatter it. `results.json` reports both scores under `forgetting`, with the drop.
 
     >>> original = OriginalTask.of("runs/a", retain=None, trust_code=False)
     >>> original.score(body, accelerator)        # {"accuracy": ..., "macro_f1": ..., "examples": ...}
@@ -47,10 +49,12 @@ class OriginalTask:
         parent = load_model(run_dir, trust_code=trust_code)
         if parent.task.needs != "features":
             return None
+        examples = _recorded_test_split(Path(run_dir), parent, warn=not retain)
+        if examples:
+            return cls(Path(run_dir), parent, examples, "test split of the run")
         if retain:
             return cls(Path(run_dir), parent, parent.task.read_labelled(retain, None, "label"), retain)
-        examples = _recorded_test_split(Path(run_dir), parent)
-        return cls(Path(run_dir), parent, examples, "test split of the run") if examples else None
+        return None
 
     def score(self, body: nn.Module, accelerator: Any) -> dict[str, Any]:
         """A's test metrics with `body` under A's head and pooling (the modules themselves, not copies)."""
@@ -69,7 +73,7 @@ class OriginalTask:
                 "accuracy_drop": before["accuracy"] - after["accuracy"]}
 
 
-def _recorded_test_split(run_dir: Path, parent: FineTuned) -> list[Example]:
+def _recorded_test_split(run_dir: Path, parent: FineTuned, warn: bool) -> list[Example]:
     """A's test examples as its run recorded them, read from its data as it is now; none (with a warning) when
     that data moved or changed."""
     folder = RunDir(run_dir)
@@ -81,6 +85,8 @@ def _recorded_test_split(run_dir: Path, parent: FineTuned) -> list[Example]:
         splits, _ = record.restore(folder.read_json(folder.splits), data.splits, parent.task.modality, False,
                                    folder.splits)
     except UserError as err:
+        if not warn:
+            return []
         warnings.warn(f"forgetting of {run_dir} not measured: its data cannot be read as recorded ({err}). Give "
                       "labelled data of that task with regularize.retain.", InputWarning, stacklevel=2)
         return []
