@@ -141,6 +141,7 @@ def _epoch(trainee: Trainee, train_cfg: TrainConfig, epoch: int) -> dict[str, An
         probe = trainee.probe
         cached = feed.cached_train if probe is not None and stage.train == "head" else None
         if probe is not None and cached is not None:
+            reached("train", epoch)  # the solve is this epoch's training (a kill point, as a first batch is)
             train_loss, solved = probe.solve(trainee.model, cached.features, cached.targets, feed.val)
             row.update(solved)
         else:
