@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,23 @@ def print_checks(checks: Sequence[dict[str, Any]]) -> None:
         print_aligned([("target", "measured", "bound", "result")] +
                       [(c["target"], f"{c['value']:.3f}", c["bound"], "PASS" if c["passed"] else "FAIL")
                        for c in checks])
+
+
+def write_bbc_splits(root: Path, pool_size: int, slices: Callable[[str], dict[str, int]]) -> Path:
+    """BBC News as ROOT/SPLIT/TOPIC/*.txt: `pool_size` articles sampled per topic (seed 0), in name order, cut
+    into consecutive slices of `slices(topic)` articles, split by split in the dict's order. Written once."""
+    from graftune.datasets import write_bbc_news
+
+    if (root / "done").is_file():
+        return root
+    pool = write_bbc_news(root / "pool", per_class=pool_size, seed=0)
+    for topic in sorted(p for p in pool.iterdir() if p.is_dir()):
+        files, start = sorted(topic.glob("*.txt")), 0
+        for split, count in slices(topic.name).items():
+            (root / split / topic.name).mkdir(parents=True, exist_ok=True)
+            for file in files[start:start + count]:
+                shutil.copy(file, root / split / topic.name / file.name)
+            start += count
+    shutil.rmtree(pool)
+    (root / "done").write_text("")
+    return root

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -27,24 +26,11 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import machine, print_aligned
+from benchmarks.common import machine, print_aligned, write_bbc_splits
 
 
 def build_bbc(root: Path) -> Path:
-    from graftune.datasets import write_bbc_news
-
-    if (root / "done").is_file():
-        return root
-    pool = write_bbc_news(root / "pool", per_class=80, seed=0)
-    for topic in sorted(p for p in pool.iterdir() if p.is_dir()):
-        files = sorted(topic.glob("*.txt"))
-        for split, chosen in {"train": files[:24], "val": files[24:40], "test": files[40:80]}.items():
-            (root / split / topic.name).mkdir(parents=True, exist_ok=True)
-            for file in chosen:
-                shutil.copy(file, root / split / topic.name / file.name)
-    shutil.rmtree(pool)
-    (root / "done").write_text("")
-    return root
+    return write_bbc_splits(root, 80, lambda _topic: {"train": 24, "val": 16, "test": 40})
 
 
 def build_fmnist(root: Path) -> Path:

@@ -29,24 +29,11 @@ from typing import Any
 import optuna
 import yaml
 
-from benchmarks.common import machine, print_aligned
+from benchmarks.common import machine, print_aligned, write_bbc_splits
 
 
 def build(root: Path) -> Path:
-    from graftune.datasets import write_bbc_news
-
-    if (root / "done").is_file():
-        return root
-    pool = write_bbc_news(root / "pool", per_class=70, seed=0)
-    for topic in sorted(p for p in pool.iterdir() if p.is_dir()):
-        files = sorted(topic.glob("*.txt"))
-        for split, chosen in {"train": files[:20], "val": files[20:30], "test": files[30:70]}.items():
-            (root / split / topic.name).mkdir(parents=True, exist_ok=True)
-            for file in chosen:
-                shutil.copy(file, root / split / topic.name / file.name)
-    shutil.rmtree(pool)
-    (root / "done").write_text("")
-    return root
+    return write_bbc_splits(root, 70, lambda _topic: {"train": 20, "val": 10, "test": 40})
 
 
 def graftune(*args: Any) -> float:

@@ -13,31 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import print_aligned
+from benchmarks.common import print_aligned, write_bbc_splits
 
 
 def build(root: Path, rare: str) -> Path:
-    from graftune.datasets import write_bbc_news
-
-    if (root / "done").is_file():
-        return root
-    pool = write_bbc_news(root / "pool", per_class=160, seed=0)
-    for topic in sorted(p for p in pool.iterdir() if p.is_dir()):
-        files = sorted(topic.glob("*.txt"))
-        parts = {"val": files[:30], "test": files[30:60], "train": files[60:70 if topic.name == rare else 160]}
-        for split, chosen in parts.items():
-            (root / split / topic.name).mkdir(parents=True, exist_ok=True)
-            for file in chosen:
-                shutil.copy(file, root / split / topic.name / file.name)
-    shutil.rmtree(pool)
-    (root / "done").write_text("")
-    return root
+    return write_bbc_splits(root, 160, lambda topic: {"val": 30, "test": 30, "train": 10 if topic == rare else 100})
 
 
 ROWS = {"plain": {}, "class weights": {"class_weights": "balanced"}, "balanced sampler": {"sampler": "balanced"}}
