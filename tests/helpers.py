@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -176,18 +177,28 @@ def write_colour_folders(root: Path, per_class: int = 8, seed: int = 0) -> Path:
 
 
 def interrupt_epoch(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
-    """Make the `number`-th training epoch from now raise KeyboardInterrupt, as Ctrl-C would; later ones run."""
+    """Make the `number`-th training epoch from now raise KeyboardInterrupt while it trains (its batches, or the
+    exact probe's solve), as Ctrl-C would; later ones run."""
     import graftune.fit
+    from graftune.probe import ExactProbe
 
-    real, calls = graftune.fit.train_one_epoch, {"n": 0}
+    real_epoch, real_train, real_solve = graftune.fit._epoch, graftune.fit.train_one_epoch, ExactProbe.solve
+    state = {"epochs": 0}
 
-    def interrupted(*args: object, **kwargs: object) -> float:
-        calls["n"] += 1
-        if calls["n"] == number:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        state["epochs"] += 1
+        return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(graftune.fit, "train_one_epoch", interrupted)
+    def interrupted(real: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if state["epochs"] == number:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(graftune.fit, "_epoch", counted)
+    monkeypatch.setattr(graftune.fit, "train_one_epoch", interrupted(real_train))
+    monkeypatch.setattr(ExactProbe, "solve", interrupted(real_solve))
 
 
 # --- language models: a tiny Llama with a real tokenizer ----------------------------------------------------
