@@ -254,9 +254,9 @@ class Run:
             (f"task {self.task.name} does not say its loss is convex in a linear head", not self.task.convex_head),
             (f"the head is not one linear layer (head.hidden={list(settings.head.hidden)} or a task head with "
              "parameters of its own)", linear_layer(self.model.head) is None),
-            ("the feature cache is off, or training inputs change every epoch (cache.views=0, mixup, "
-             "freeze.batchnorm=train)", not settings.cache.features or not self._cached_views()
-             or settings.freeze.batchnorm == "train"),
+            ("the feature cache is off, or the body's outputs change every epoch (cache.views=0, mixup, or "
+             "freeze.batchnorm other than frozen)", not settings.cache.features or not self._cached_views()
+             or settings.freeze.batchnorm != "frozen"),
         ) if failed]
         if settings.strategy.probe == "exact" and reasons:
             raise UserError(f"strategy.probe=exact: {'; '.join(reasons)}. Use strategy.probe=sgd or auto.")
