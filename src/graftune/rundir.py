@@ -127,12 +127,7 @@ class RunDir:
 
     def discard(self) -> None:
         """Remove a staged run whose setup failed, and the parent folders made for it."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        for parent in reversed(self.created_parents):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        remove_made(self.path, self.created_parents)
 
     # --- files ------------------------------------------------------------------------------------------
 
@@ -176,6 +171,16 @@ def replace_folder(staged: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(staged, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_made(folder: Path, made_parents: list[Path]) -> None:
+    """Remove `folder` and, innermost first, the parent folders `make_parents` made for it while they are empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in reversed(made_parents):
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def make_parents(folder: Path) -> list[Path]:

@@ -34,7 +34,6 @@ import fcntl
 import io
 import json
 import math
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from rich.text import Text
 from graftune.api import train
 from graftune.config import Config, as_config, changed_keys
 from graftune.errors import UserError
-from graftune.rundir import RunDir, make_parents, write_text_atomically
+from graftune.rundir import RunDir, make_parents, remove_made, write_text_atomically
 from graftune.settings import load_configured_backbone, monitored_metric, resolve_settings, with_absolute_paths
 from graftune.space import Space, build_space
 from graftune.tasks import get_task
@@ -180,12 +179,7 @@ class StudyDir:
         """Remove a study made by this call in which no trial finished, and the parent folders made for it."""
         if self.db.is_file() and _finished_count(self.db) > 0:
             return
-        shutil.rmtree(self.path, ignore_errors=True)
-        for parent in reversed(self.created_parents):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        remove_made(self.path, self.created_parents)
 
 
 def _finished_count(db: Path) -> int:
