@@ -303,8 +303,11 @@ def serve(
     """Serve a fine-tuned run over HTTP: POST /predict (or /generate for a language model), API docs at /docs."""
     from graftune.serve import serve as serve_run
 
-    serve_run(run, host, port, workers, max_batch, max_wait_ms, max_body_mb, trust_code,
-              on_ready=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+    try:
+        serve_run(run, host, port, workers, max_batch, max_wait_ms, max_body_mb, trust_code,
+                  on_ready=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the usual way to stop
+        console.print("stopped.")
 
 
 @app.command()
