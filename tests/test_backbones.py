@@ -115,21 +115,6 @@ def test_groups_of_a_module_without_parameters() -> None:
 # --- the contract every source fulfils ---------------------------------------------------------------------
 
 
-def _saved_run(tmp: Path, backbone: Backbone, labels: list[str], source: str) -> Path:
-    from graftune.artifacts import save_model_folder
-    from graftune.settings import resolve_settings, run_preprocess
-    from graftune.tasks import get_task
-
-    task_type = get_task(f"{backbone.modality}-classification")
-    cfg = validate({"task": task_type.name, "model": {"source": source}, "data": {"train": "x"},
-                    "head": {"dropout": 0.0}})
-    settings = resolve_settings(cfg, backbone, task_type)
-    task = task_type(settings, {"labels": labels})
-    save_model_folder(tmp / "run" / "model", task.build_model(backbone), backbone, task,
-                      run_preprocess(backbone, settings), None)
-    return tmp / "run"
-
-
 def _load(kind: str, tmp: Path, bert_dir: Path, vit_dir: Path, weights: dict[str, Path]) -> Backbone:
     if kind == "hf-tiny-bert":
         return load_backbone(f"hf:{bert_dir}")
@@ -146,10 +131,10 @@ def _load(kind: str, tmp: Path, bert_dir: Path, vit_dir: Path, weights: dict[str
     if kind in ("minilm-l6", "efficientnet-lite0"):
         return load_backbone(kind)
     if kind == "run-module":
-        run = _saved_run(tmp, load_backbone(CNN, weights=str(weights["safetensors"])), ["a", "b"], CNN)
+        run = helpers.save_untrained_run(tmp, load_backbone(CNN, weights=str(weights["safetensors"])), ["a", "b"], CNN)
         return load_backbone(f"run:{run}", trust_code=True)
     if kind == "run-hf":
-        run = _saved_run(tmp, load_backbone(f"hf:{bert_dir}"), ["x", "y", "z"], f"hf:{bert_dir}")
+        run = helpers.save_untrained_run(tmp, load_backbone(f"hf:{bert_dir}"), ["x", "y", "z"], f"hf:{bert_dir}")
         return load_backbone(f"run:{run}", trust_code=True)
     if kind == "timm":  # timm's weights come from the hub: its architecture, random, through the same wrapping
         return load_backbone("timm:resnet18", kwargs={"pretrained": False})
@@ -301,7 +286,7 @@ def test_run_source_restores_the_fine_tuned_body(tmp_path: Path, cnn_weights: di
     with torch.no_grad():
         for param in original.body.parameters():
             param.add_(0.5)  # "fine-tuned": differs from both the factory init and the weights file
-    run = _saved_run(tmp_path, original, ["cat", "dog"], CNN)
+    run = helpers.save_untrained_run(tmp_path, original, ["cat", "dog"], CNN)
     with pytest.raises(UserError, match="names Python code to import: module:helpers:tiny_cnn"):
         load_backbone(f"run:{run}")  # the run folder names code: imported only when trusted
     restored = load_backbone(f"run:{run}", trust_code=True)

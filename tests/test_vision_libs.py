@@ -11,7 +11,6 @@ from typing import Any
 import helpers
 import pytest
 import torch
-from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 import graftune
@@ -133,23 +132,24 @@ def test_timm_bad_kwargs_and_names_are_user_errors() -> None:
 
 
 @pytest.mark.parametrize(("source", "kwargs", "recorded"),
-                         [("timm:resnet18", {"pretrained": False, "drop_rate": 0.2}, {"drop_rate": 0.2}),
-                          ("torchvision:mobilenet_v2", {"weights": None, "width_mult": 0.75}, {"width_mult": 0.75})])
+                         [("timm:mobilenetv3_small_050", {"pretrained": False, "drop_rate": 0.2}, {"drop_rate": 0.2}),
+                          ("torchvision:mobilenet_v2", {"weights": None, "width_mult": 0.35}, {"width_mult": 0.35})])
 def test_a_saved_run_rebuilds_with_its_kwargs_and_no_download(tmp_path: Path, source: str, kwargs: dict[str, Any],
                                                               recorded: dict[str, Any]) -> None:
-    images = helpers.write_colour_folders(tmp_path / "images", per_class=4)
-    config = {"task": "image-classification", "model": {"source": source, "kwargs": kwargs},
-              "data": {"train": str(images), "image_size": 32, "augment": False, "split": {"val": 0.25, "test": 0.25}},
-              "train": {"epochs": 1, "batch_size": 4, "progress": False}}
-    run = tmp_path / "run"
-    graftune.train(config, run, console=Console(quiet=True))
+    backbone = load_backbone(source, kwargs=kwargs)
+    with torch.no_grad():
+        for param in backbone.body.parameters():
+            param.add_(0.01)  # "fine-tuned": not what a fresh build would draw
+    run = helpers.save_untrained_run(tmp_path, backbone, ["red", "green", "blue"], source)
     info = json.loads((run / "model" / "graftune.json").read_text())
     assert info["source"] == source and info["build_kwargs"] == recorded
-    loaded = graftune.load(run)  # the architecture from its kwargs (width 0.75: other shapes), then the run's weights
+    loaded = graftune.load(run)  # the architecture from its kwargs (width 0.35: other shapes), then the run's weights
     saved, state = load_file(str(run / "model" / "model.safetensors")), loaded.model.state_dict()
     assert saved.keys() == state.keys()
     assert all(torch.equal(state[k], saved[k]) for k in saved)
     if source.startswith("timm:"):
         assert loaded.model.body.model.drop_rate == 0.2
-    prediction = graftune.predict(run, files=[str(next((images / "red").glob("*.png")))])
-    assert prediction[0]["label"] in ("red", "green", "blue")
+    body = load_backbone(f"run:{run}").body.state_dict()  # task B starts from this body
+    assert all(torch.equal(body[k], backbone.body.state_dict()[k]) for k in body)
+    image = helpers.write_colour_folders(tmp_path / "images", per_class=1) / "red" / "0.png"
+    assert graftune.predict(run, files=[str(image)])[0]["label"] in ("red", "green", "blue")
