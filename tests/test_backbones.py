@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import helpers
@@ -309,6 +310,14 @@ def test_unknown_source_is_a_user_error(source: str) -> None:
     with pytest.raises(UserError, match="unknown model source") as info:
         load_backbone(source)
     assert "minilm-l6" in str(info.value) and "hf:" in str(info.value)
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_a_vision_source_without_its_library_says_so(library: str) -> None:
+    if importlib.util.find_spec(library) is not None:
+        pytest.skip(f"{library} is installed here (its own tests are marked vision)")
+    with pytest.raises(UserError, match=f"{library}: cannot import it here .*Install {library} built for your torch"):
+        load_backbone(f"{library}:mobilenet_v2")
 
 
 def test_missing_hf_folder_is_a_user_error(tmp_path: Path) -> None:
