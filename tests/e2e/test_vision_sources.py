@@ -1,5 +1,5 @@
 """End to end in .venv-vision: torchvision's MobileNetV2 with its real ImageNet weights file (no download),
-fine-tuned through the CLI on real Fashion-MNIST PNGs in class folders."""
+fine-tuned through the CLI on real Fashion-MNIST PNGs in class folders; a timm network from random weights."""
 
 from __future__ import annotations
 
@@ -53,5 +53,20 @@ def test_torchvision_mobilenet_v2_from_its_imagenet_file_learns_fashion(fashion_
     assert not torch.equal(tuned["body.model.features.18.0.weight"], original["features.18.0.weight"])
     assert not torch.equal(tuned["body.model.features.18.1.running_mean"], original["features.18.1.running_mean"])
     code, output = run_cli("evaluate", out, "--data", fashion_300 / "test", "--json")  # rebuilt without a download
+    assert code == 0, output
+    assert json.loads(output)["accuracy"] == pytest.approx(results["accuracy"])
+
+
+def test_timm_with_random_weights_trains_and_its_run_rebuilds(fashion_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, output = run_cli("train", "--task", "image-classification", "--model", "timm:mobilenetv3_small_050",
+                           "--set", "model.kwargs.pretrained=false", "--data", fashion_folder, "--out", out,
+                           "--epochs", "1", "--set", "data.image_size=32", "--set", "train.batch_size=32")
+    assert code == 0, output  # no hub: HF_HUB_OFFLINE (conftest.py) fails any download at once
+    results = json.loads((out / "results.json").read_text())["test"]
+    assert results["examples"] == 60
+    info = json.loads((out / "model" / "graftune.json").read_text())
+    assert info["source"] == "timm:mobilenetv3_small_050" and info["build_kwargs"] == {}
+    code, output = run_cli("evaluate", out, "--data", fashion_folder / "test", "--json")
     assert code == 0, output
     assert json.loads(output)["accuracy"] == pytest.approx(results["accuracy"])
