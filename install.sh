@@ -3,6 +3,7 @@
 #   ./install.sh          graftune with the offline presets and the BBC News demo data
 #   ./install.sh --dev    plus test tools and the Fashion-MNIST images the tests use (Debian package)
 # The constraints file keeps the CPU build of torch: a newer torch from PyPI pulls several GB of CUDA.
+# No timm or torchvision here (torchvision must match its torch): scripts/vision-env.sh makes ./.venv-vision for them.
 set -euo pipefail
 cd "$(dirname "$0")"
 
