@@ -255,12 +255,16 @@ def test_torchscript_loads_and_agrees_at_any_batch_and_length(text_run: Path, im
 # --- Hugging Face folders --------------------------------------------------------------------------------
 
 
-def test_a_mean_pooled_text_classifier_exports_as_a_sentence_transformer(text_run: Path, tmp_path: Path) -> None:
+def test_a_mean_pooled_text_classifier_exports_as_a_sentence_transformer(text_run: Path, tmp_path: Path,
+                                                                         capfd: pytest.CaptureFixture[str]) -> None:
     from sentence_transformers import SentenceTransformer
 
     done = graftune.export(text_run, "hf", out=tmp_path / "hf")
     assert done.exporter.startswith("sentence-transformers (Transformer, Pooling mean, 1 Dense)")
+    capfd.readouterr()
     model = SentenceTransformer(str(done.folder), device="cpu")
+    loading = capfd.readouterr()
+    assert "MISSING" not in loading.err + loading.out and "UNEXPECTED" not in loading.err + loading.out  # no pooler
     logits = model.encode(QUERIES, convert_to_tensor=True)
     predicted = graftune.predict(text_run, texts=QUERIES)
     labels = json.loads((done.folder / "labels.json").read_text())["labels"]

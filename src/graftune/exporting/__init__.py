@@ -36,7 +36,7 @@ from graftune.exporting.batches import Inputs, check_inputs, dynamic_axes, refer
 from graftune.exporting.bundle import preprocessing, stage, write_companions, write_record
 from graftune.exporting.check import TOLERANCE, Check, compare
 from graftune.preprocessing import TextPreprocess
-from graftune.rundir import RunDir
+from graftune.rundir import MARKER, RunDir
 
 FORMATS = ("onnx", "hf", "torchscript")
 EXPORTS_DIR = "exports"  # the default --out: RUN/exports/FORMAT
@@ -65,7 +65,11 @@ def export_run(run_dir: str | Path, format: str, out: str | Path | None = None, 
         from graftune.exporting.onnx_file import require_onnx
 
         require_onnx()
-    run = RunDir(run_dir).require()
+    run = RunDir(run_dir)
+    if run.path.is_dir() and not run.is_run() and not run.model.is_dir():
+        raise UserError(f"{run.path}: not a graftune run folder (no {MARKER} marker, no model/). Give a run directory "
+                        "that graftune train wrote.")
+    run.require()
     fine_tuned = load_model(run.path, trust_code=trust_code)
     if format == "hf" and fine_tuned.task.modality in ("image", "video"):
         raise UserError(f"--format hf: image and video models ({fine_tuned.info['source']} with graftune's new head) "

@@ -20,6 +20,8 @@ the run's model computes; otherwise a refusal that says why.
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,15 +141,37 @@ def _sentence_transformers(fine_tuned: FineTuned, encoder: Any, folder: Path) ->
     assert isinstance(preprocess, TextPreprocess)
     encoder.save_pretrained(str(folder), safe_serialization=True)
     save_tokenizer(fine_tuned, folder)
-    transformer = modules.Transformer(str(folder), max_seq_length=preprocess.max_length)
+    model_kwargs = _without_pooler(encoder)
+    transformer = modules.Transformer(str(folder), max_seq_length=preprocess.max_length, model_kwargs=model_kwargs)
     pooling = modules.Pooling(encoder.config.hidden_size, pooling_mode=ST_POOLING[head.pooling])
     dense = [modules.Dense(layer.in_features, layer.out_features,
                            activation_function=ACTIVATIONS[head.activation]() if i < len(layers) - 1 else nn.Identity(),
                            init_weight=layer.weight.detach().clone(), init_bias=layer.bias.detach().clone())
              for i, layer in enumerate(layers)]
     SentenceTransformer(modules=[transformer, pooling, *dense], device="cpu").save(str(folder))
+    _record_model_kwargs(folder, model_kwargs)
     return Written(SENTENCE_TRANSFORMERS, f"sentence-transformers (Transformer, Pooling {head.pooling}, "
                                           f"{len(dense)} Dense)")
+
+
+def _without_pooler(encoder: Any) -> dict[str, Any]:
+    """graftune drops a BERT-like encoder's pooler (the head pools the token states), so its weights are gone:
+    the encoder is built without one (else a randomly initialised pooler would be saved, never used, and
+    Transformers would warn that it was newly initialised)."""
+    if getattr(encoder, "pooler", True) is None and \
+            "add_pooling_layer" in inspect.signature(type(encoder).__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
+
+
+def _record_model_kwargs(folder: Path, kwargs: dict[str, Any]) -> None:
+    """sentence_bert_config.json keeps `model_kwargs`, so SentenceTransformer(folder) builds the encoder alike."""
+    if not kwargs:
+        return
+    config_file = folder / "sentence_bert_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["model_kwargs"] = {**config.get("model_kwargs", {}), **kwargs}
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 @torch.inference_mode()
