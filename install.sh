@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras="demo,peft,lm,video,tune,serve"
+extras="demo,peft,lm,video,tune,serve,export"
 if [[ "${1:-}" == "--dev" ]]; then extras="dev"; fi
 
 if [[ ! -x .venv/bin/python ]]; then python3 -m venv .venv; fi

@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "tasks.causal_lm",
      "tasks.video_classification", "loaders", "fit", "space"},
     {"artifacts", "forgetting"},
-    {"run"},
+    {"run", "exporting", "exporting.batches", "exporting.check", "exporting.bundle", "exporting.onnx_file",
+     "exporting.torchscript_file", "exporting.hf_folder"},
     {"api", "demo", "tune"},
     {"plan", "serve"},
     {"cli", ""},  # "" is the package's __init__, which imports the API lazily

@@ -12,6 +12,7 @@
     RUN/resumes.json         what each --resume changed or accepted
     RUN/before.json          language models: the pre-trained model's test (and retained) scores
     RUN/plots/               learning curves and the task's plots
+    RUN/exports/FORMAT/      `graftune export`'s default output (graftune/exporting/)
 
 graftune writes only into folders it made: a new run is set up in a hidden sibling folder and moved
 into place once its setup succeeded, so a failed start leaves nothing behind, and `--overwrite`
@@ -32,7 +33,7 @@ from graftune.errors import UserError
 MARKER = ".graftune-run"
 MARKER_TEXT = "graftune run directory\n"
 ENTRIES = {MARKER, "config.yaml", "lr_find.json", "data_splits.json", "strategy.json", "metrics.jsonl", "results.json",
-           "resumes.json", "before.json", "model", "checkpoints", "plots"}
+           "resumes.json", "before.json", "model", "checkpoints", "plots", "exports"}
 
 
 class RunDir:

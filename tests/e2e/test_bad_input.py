@@ -833,6 +833,79 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return ["generate", copy(kit.text_run, user, "run"), "--prompt", "  "], ["--prompt: empty prompt"]
 
 
+# export
+
+
+@case("export: no run there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", user / "no-such-run", "--format", "onnx"], [f"{user / 'no-such-run'}: run directory not found"]
+
+
+@case("export: a folder that is no run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "photos" / "notes.txt", "mine")
+    return ["export", user / "photos", "--format", "onnx"], [f"{user / 'photos'}: not a graftune run folder"]
+
+
+@case("export: a run that never finished")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    shutil.rmtree(run / "model")
+    return ["export", run, "--format", "torchscript"], [f"{run}: no model/ folder", "--resume"]
+
+
+@case("export: an unknown format")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.text_run, user, "run"), "--format", "onxx"], [
+        "--format onxx: unknown format", "onnx, hf or torchscript", "Did you mean 'onnx'"]
+
+
+@case("export: --out holds the user's files")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "served" / "notes.txt", "mine")
+    return ["export", copy(kit.text_run, user, "run"), "--format", "torchscript", "--out", user / "served"], [
+        f"--out {user / 'served'}: exists and is not empty", "--overwrite"]
+
+
+@case("export: --overwrite on a folder no export wrote")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "served" / "notes.txt", "mine")
+    return ["export", copy(kit.text_run, user, "run"), "--format", "torchscript", "--out", user / "served",
+            "--overwrite"], [f"--out {user / 'served'}: not an export graftune wrote", "refusing to replace it"]
+
+
+@case("export: --out is a file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "model.onnx", "not a folder")
+    return ["export", copy(kit.text_run, user, "run"), "--format", "onnx", "--out", user / "model.onnx"], [
+        f"--out {user / 'model.onnx'}: exists and is a file"]
+
+
+@case("export: hf for an image model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.image_run, user, "run"), "--format", "hf", "--trust-code"], [
+        "--format hf: image and video models", "module:helpers:tiny_cnn", "Use --format onnx or --format torchscript"]
+
+
+@case("export: hf for a video model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.video_run, user, "run"), "--format", "hf", "--trust-code"], [
+        "--format hf: image and video models", "Use --format onnx or --format torchscript"]
+
+
+@case("export: code the run folder names, not trusted")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.image_run, user, "run")
+    return ["export", run, "--format", "onnx"], [f"{run / 'model' / 'graftune.json'}", "module:helpers:tiny_cnn",
+                                                 "--trust-code"]
+
+
+@case("export: a tolerance of zero")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.text_run, user, "run"), "--format", "onnx", "--tolerance", "0"], [
+        "--tolerance 0.0: must be above 0"]
+
+
 # serve: each is refused before the server starts (a case that got past would serve until killed)
 
 HELD: list[socket.socket] = []  # listening sockets that keep a port busy while a case runs
@@ -1100,7 +1173,7 @@ def test_a_crafted_run_folder_runs_no_code(kit: Kit, tmp_path: Path) -> None:
     settings = (run / "config.yaml").read_text().replace(f"source: hf:{kit.bert}", "source: module:os:system")
     (run / "config.yaml").write_text(settings)
     for args in (["predict", run, "--text", "hello"], ["evaluate", run, "--data", kit.text],
-                 ["train", "--resume", run, "--epochs", "2"],
+                 ["export", run, "--format", "torchscript"], ["train", "--resume", run, "--epochs", "2"],
                  ["train", "--task", "text-classification", "--model", f"run:{run}", "--data", kit.text,
                   "--out", tmp_path / "child"]):
         code, output = run_cli(*[str(a) for a in args])
