@@ -1,4 +1,4 @@
-"""The `graftune` command: train, tune, evaluate, predict, demo. One small function per command."""
+"""The `graftune` command: train, tune, evaluate, predict, report, demo. One small function per command."""
 
 from __future__ import annotations
 
@@ -261,6 +261,16 @@ def predict(
     fine_tuned = load(run, trust_code=trust_code)
     for result in fine_tuned.predict(fine_tuned.task.read_inputs(inputs or [], text or [])):
         typer.echo(json.dumps(result) if json_output else fine_tuned.task.format_prediction(result))
+
+
+@app.command()
+@user_errors
+def report(run: Annotated[Path, typer.Argument(help="run directory (finished or not)")]) -> None:
+    """Write RUN/report.html again from the run folder: curves, stages and rates, the test (confusion matrix,
+    calibration, worst examples; perplexity and samples), forgetting, results and config. Every run writes it."""
+    from graftune.report import write_report
+
+    typer.echo(f"report written to {write_report(run)}")
 
 
 @app.command()
