@@ -9,6 +9,8 @@ for the same file. Headless Chromium renders each page without console errors an
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import random
@@ -247,6 +249,31 @@ def test_an_image_mistake_is_a_thumbnail(image_run: Path) -> None:
     worst = html.split('id="worst"')[1]
     if any(r["predicted"] != r["label"] for r in predictions(image_run)):
         assert 'class="thumb"' in worst and "data:image/png;base64," in worst
+
+
+@pytest.mark.parametrize("task", ["image-classification", "video-classification"])
+def test_a_file_example_is_a_thumbnail_or_a_note_when_gone(task: str, tmp_path: Path) -> None:
+    """Images show themselves, clips their middle frame; a file moved since the run is named, not an error."""
+    from graftune.data.motion_clips import write_motion_clips
+    from graftune.tasks import get_task
+
+    if task == "image-classification":
+        file = helpers.write_png(tmp_path / "red.png", size=(40, 20))
+    else:
+        write_motion_clips(tmp_path / "clips", per_class=1, frames=6, size=32, classes=("grow",))
+        file = next((tmp_path / "clips").rglob("*.mp4"))
+    settings = load_config(None, base={"task": task, "model": {"source": "efficientnet-lite0"},
+                                       "data": {"train": str(tmp_path)}})
+    cell = get_task(task)(settings, {"labels": ["a", "b"]}).example_cell
+    shown = cell({"input": str(file), "where": f"{file} <x>"})
+    thumbnail = re.search(r'<img class="thumb" alt="[^"]*" src="data:image/png;base64,([^"]+)">', shown)
+    assert thumbnail and "&lt;x&gt;" in shown and "<x>" not in shown
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(thumbnail.group(1))))
+    assert max(image.size) <= 96 and image.getpixel((0, 0)) != (0, 0, 0, 0)
+    gone = cell({"input": str(tmp_path / "moved.png"), "where": "moved.png"})
+    assert "missing or unreadable" in gone and "<img" not in gone
 
 
 # --- a language model's report ----------------------------------------------------------------------------
