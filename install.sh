@@ -4,10 +4,11 @@
 #   ./install.sh --dev    plus test tools, the Fashion-MNIST images the tests use and headless Chromium for the
 #                         run-report test (Debian packages)
 # The constraints file keeps the CPU build of torch: a newer torch from PyPI pulls several GB of CUDA.
+# No timm or torchvision here (torchvision must match its torch): scripts/vision-env.sh makes ./.venv-vision for them.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras="demo,peft,lm,video,tune,tensorboard"
+extras="demo,peft,lm,video,tune,serve,tensorboard"
 if [[ "${1:-}" == "--dev" ]]; then extras="dev"; fi
 
 if [[ ! -x .venv/bin/python ]]; then python3 -m venv .venv; fi

@@ -14,7 +14,7 @@ PACKAGE = Path(graftune.__file__).parent
 
 # Bottom first. A module may import from its own layer and any layer before it.
 LAYERS: list[set[str]] = [
-    {"errors", "preprocessing", "loop", "grafted", "hardware", "progress", "plots", "weights", "faults",
+    {"errors", "batching", "preprocessing", "loop", "grafted", "hardware", "progress", "plots", "weights", "faults",
      "transferability", "probe", "tasks", "pages", "calibration"},  # tasks: the registry (names and import paths)
     {"config", "rundir", "datasets", "sampling", "checkpoint", "data", "data.images", "data.videos", "data.readers",
      "data.motion_clips"},
@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"artifacts", "forgetting", "report"},
     {"run"},
     {"api", "demo", "tune"},
-    {"plan"},
+    {"plan", "serve"},
     {"cli", ""},  # "" is the package's __init__, which imports the API lazily
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}

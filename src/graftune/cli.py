@@ -299,6 +299,29 @@ def generate(
 
 @app.command()
 @user_errors
+def serve(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 for every interface")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes, each with its own model")] = 1,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="items per request and per model batch")] = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0.0,
+                                               help="how long a batch waits for more requests")] = 5.0,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="largest request body (413 above)")] = 16.0,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+) -> None:
+    """Serve a fine-tuned run over HTTP: POST /predict (or /generate for a language model), API docs at /docs."""
+    from graftune.serve import serve as serve_run
+
+    try:
+        serve_run(run, host, port, workers, max_batch, max_wait_ms, max_body_mb, trust_code,
+                  on_ready=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the usual way to stop
+        console.print("stopped.")
+
+
+@app.command()
+@user_errors
 def plan(
     data: Annotated[str, typer.Option(help="the training data: class folders or CSV/JSONL")],
     model: Annotated[list[str], typer.Option(help="a candidate model (repeat to compare several)")],

@@ -41,8 +41,10 @@ class Section(BaseModel):
 class ModelConfig(Section):
     source: str = Field(description="hf:ID_OR_DIR, timm:NAME, torchvision:NAME, module:pkg.mod:factory, "
                                     "run:DIR, or a preset (minilm-l6, efficientnet-lite0)")
-    weights: str | None = Field(None, description="weights file for module: sources (.safetensors or .pt)")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a module: factory")
+    weights: str | None = Field(None, description="weights file for module:, timm: and torchvision: sources "
+                                                  "(.safetensors or a torch file, read with weights_only=True)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a module: factory, "
+                                                                     "timm.create_model or torchvision's get_model")
     code_path: str | None = Field(None, description="folder to import a module: factory from before the Python "
                                                     "path; recorded by the run, so it rebuilds without PYTHONPATH")
     trust_remote_code: bool = False

@@ -11,6 +11,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -830,6 +831,66 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
 @case("generate: an empty prompt")
 def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return ["generate", copy(kit.text_run, user, "run"), "--prompt", "  "], ["--prompt: empty prompt"]
+
+
+# serve: each is refused before the server starts (a case that got past would serve until killed)
+
+HELD: list[socket.socket] = []  # listening sockets that keep a port busy while a case runs
+
+
+@case("serve: no run there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["serve", user / "no-such-run"], [f"{user / 'no-such-run'}: run directory not found"]
+
+
+@case("serve: a folder that is no run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "notes" / "a.txt", "hello")
+    return ["serve", user / "notes"], [f"{user / 'notes'}: no model/ folder"]
+
+
+@case("serve: code the run folder names, not trusted")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.image_run, user, "run")
+    return ["serve", run], ["module:helpers:tiny_cnn", "--trust-code"]
+
+
+@case("serve: a port out of range")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["serve", copy(kit.text_run, user, "run"), "--port", "70000"], [
+        "Invalid value for '--port'", "less than or equal to 65535"]
+
+
+@case("serve: a port in use")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    HELD.append(busy)
+    port = busy.getsockname()[1]
+    return ["serve", copy(kit.text_run, user, "run"), "--port", port], [
+        f"--host 127.0.0.1 --port {port}: cannot listen there", "Address already in use"]
+
+
+@case("serve: a host that is not this machine's")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["serve", copy(kit.text_run, user, "run"), "--host", "192.0.2.1"], [
+        "--host 192.0.2.1 --port 8000: cannot listen there"]
+
+
+@case("serve: no batch")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["serve", copy(kit.text_run, user, "run"), "--max-batch", "0"], ["Invalid value for '--max-batch'"]
+
+
+@case("serve: a body limit of nothing")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["serve", copy(kit.text_run, user, "run"), "--max-body-mb", "0"], ["--max-body-mb 0: give a size above 0"]
+
+
+@case("serve: a negative wait")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["serve", copy(kit.text_run, user, "run"), "--max-wait-ms", "-1"], ["Invalid value for '--max-wait-ms'"]
 
 
 # tune
