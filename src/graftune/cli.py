@@ -1,4 +1,4 @@
-"""The `graftune` command: train, tune, evaluate, predict, export, demo. One small function per command."""
+"""The `graftune` command: train, tune, evaluate, predict, export, report, demo. One small function per command."""
 
 from __future__ import annotations
 
@@ -282,6 +282,16 @@ def export(
     done = export_api(run, format_, out, overwrite=overwrite, trust_code=trust_code, tolerance=tolerance)
     typer.echo(done.check.line())
     typer.echo(f"{done.format} export written to {done.folder} ({done.exporter})")
+
+
+@app.command()
+@user_errors
+def report(run: Annotated[Path, typer.Argument(help="run directory (finished or not)")]) -> None:
+    """Write RUN/report.html again from the run folder: curves, stages and rates, the test (confusion matrix,
+    calibration, worst examples; perplexity and samples), forgetting, results and config. Every run writes it."""
+    from graftune.report import write_report
+
+    typer.echo(f"report written to {write_report(run)}")
 
 
 @app.command()

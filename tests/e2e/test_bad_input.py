@@ -1125,6 +1125,68 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return text_train(user, kit, "--set", "optim.lr=fast"), ["'optim.lr'", "a positive number or 'auto'", "'fast'"]
 
 
+# report
+
+
+def damaged_run(user: Path, kit: Kit, name: str, text: str | None) -> Path:
+    """A copy of the finished image run with one file replaced by `text` (None: removed)."""
+    run = copy(kit.image_run, user, "run")
+    if text is None:
+        (run / name).unlink()
+    else:
+        (run / name).write_text(text)
+    return run
+
+
+@case("report: a folder that is not a run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "notes").mkdir()
+    (user / "notes" / "config.yaml").write_text("task: text-classification\n")
+    return ["report", user / "notes"], [str(user / "notes"), "not a graftune run", ".graftune-run"]
+
+
+@case("report: no such folder")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["report", user / "nowhere"], [str(user / "nowhere"), "run directory not found"]
+
+
+@case("report: config.yaml missing")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "config.yaml", None)
+    return ["report", run], [str(run / "config.yaml"), "missing"]
+
+
+@case("report: damaged metrics.jsonl")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "metrics.jsonl", '{"epoch": 1\n')
+    return ["report", run], [str(run / "metrics.jsonl"), "damaged"]
+
+
+@case("report: damaged results.json")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "results.json", "{not json")
+    return ["report", run], [str(run / "results.json"), "damaged"]
+
+
+@case("report: damaged test_predictions.jsonl")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    rows = (kit.image_run / "test_predictions.jsonl").read_text().splitlines()
+    run = damaged_run(user, kit, "test_predictions.jsonl", "\n".join([rows[0], '{"label": "red"}', *rows[2:]]))
+    return ["report", run], [f"{run / 'test_predictions.jsonl'}:2", "damaged", "not a prediction row"]
+
+
+@case("train.log_with: an unknown tracker")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "train.log_with=tensorbord"), [
+        "train.log_with", "unknown tracker 'tensorbord'", "Did you mean 'tensorboard'"]
+
+
+@case("train.log_with: a tracker that is not installed")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "train.log_with=tensorboard,swanlab"), [
+        "train.log_with: swanlab is not installed", "pip install swanlab"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 
