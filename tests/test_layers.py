@@ -15,7 +15,7 @@ PACKAGE = Path(graftune.__file__).parent
 # Bottom first. A module may import from its own layer and any layer before it.
 LAYERS: list[set[str]] = [
     {"errors", "batching", "preprocessing", "loop", "grafted", "hardware", "progress", "plots", "weights", "faults",
-     "transferability", "probe", "tasks"},  # the task registry knows names and import paths only
+     "transferability", "probe", "tasks", "pages", "calibration"},  # tasks: the registry (names and import paths)
     {"config", "rundir", "datasets", "sampling", "checkpoint", "data", "data.images", "data.videos", "data.readers",
      "data.motion_clips"},
     {"backbones", "backbones.base", "backbones.surgery", "backbones.hf", "backbones.module", "backbones.presets",
@@ -23,9 +23,10 @@ LAYERS: list[set[str]] = [
      "optim", "strategies", "regularize", "lora", "features", "data.record", "data.corpus"},
     {"staging", "settings", "lr_find", "tasks.base", "tasks.heads", "tasks.lm_batches", "tasks.temporal"},
     {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "tasks.causal_lm",
-     "tasks.video_classification", "loaders", "fit", "space"},
-    {"artifacts", "forgetting"},
-    {"run"},
+     "tasks.video_classification", "tasks.classification_report", "loaders", "fit", "space"},
+    {"artifacts", "forgetting", "report"},
+    {"run", "exporting", "exporting.batches", "exporting.check", "exporting.bundle", "exporting.onnx_file",
+     "exporting.torchscript_file", "exporting.hf_folder"},
     {"api", "demo", "tune"},
     {"plan", "serve"},
     {"cli", ""},  # "" is the package's __init__, which imports the API lazily

@@ -16,15 +16,15 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from graftune.api import evaluate, load, predict, train
+    from graftune.api import evaluate, export, load, predict, train
     from graftune.errors import UserError
 
 __version__ = version("graftune")
-__all__ = ["UserError", "__version__", "evaluate", "load", "predict", "train"]
+__all__ = ["UserError", "__version__", "evaluate", "export", "load", "predict", "train"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("evaluate", "load", "predict", "train"):
+    if name in ("evaluate", "export", "load", "predict", "train"):
         from graftune import api
 
         return getattr(api, name)

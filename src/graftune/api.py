@@ -19,6 +19,8 @@ from rich.console import Console
 
 from graftune.artifacts import FineTuned, load_model
 from graftune.config import Config, as_config
+from graftune.exporting import Exported, export_run
+from graftune.exporting.check import TOLERANCE
 from graftune.fit import EpochHook
 from graftune.lr_find import Finding, RangeTest, output_folder, write
 from graftune.run import Permissions, RunResult, find_lr, resume_run, train_run
@@ -72,3 +74,12 @@ def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = N
     """Metrics of a saved run on new labelled data (class folders or CSV/JSONL)."""
     fine_tuned = load_model(run_dir, trust_code=trust_code)
     return fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column), batch_size)
+
+
+def export(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, overwrite: bool = False,
+           trust_code: bool = False, tolerance: float = TOLERANCE) -> Exported:
+    """Export a run's model as `onnx`, `hf` (a Transformers or sentence-transformers folder) or `torchscript`
+    into the folder `out` (default RUN/exports/FORMAT), with its labels and preprocessing beside it. The
+    export is checked against the run's PyTorch model on the first examples of its test split and refused
+    when the largest difference exceeds `tolerance` x max(1, the largest output); `.check` holds the figures."""
+    return export_run(run_dir, format, out, overwrite, trust_code, tolerance)

@@ -25,6 +25,7 @@ import torch
 from graftune.backbones import Backbone, read_model_info, rebuild_backbone
 from graftune.backbones.sources import MODEL_FORMAT, require_trust
 from graftune.config import validate
+from graftune.data import record
 from graftune.data.readers import Example
 from graftune.errors import UserError
 from graftune.grafted import GraftedModel
@@ -108,3 +109,14 @@ def load_model(run_dir: str | Path, adapter: bool = False, trust_code: bool = Fa
         task.load_weights(model, folder)
     model.eval()
     return FineTuned(model, run_preprocess(backbone, settings), task, info)
+
+
+def recorded_test_split(run_dir: str | Path, fine_tuned: FineTuned) -> list[Example]:
+    """The run's test examples as its data_splits.json recorded them, read from its data as it is now. A
+    UserError names what stands in the way: no split record, data that moved, changed or cannot be read."""
+    run = RunDir(run_dir)
+    if not run.splits.is_file():
+        raise UserError(f"{run.splits}: missing, so the run's test split is unknown.")
+    data = type(fine_tuned.task).read_data(fine_tuned.task.settings.data)
+    splits, _ = record.restore(run.read_json(run.splits), data.splits, fine_tuned.task.modality, False, run.splits)
+    return splits.test

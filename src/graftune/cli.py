@@ -1,4 +1,4 @@
-"""The `graftune` command: train, tune, evaluate, predict, demo. One small function per command."""
+"""The `graftune` command: train, tune, evaluate, predict, export, report, demo. One small function per command."""
 
 from __future__ import annotations
 
@@ -261,6 +261,37 @@ def predict(
     fine_tuned = load(run, trust_code=trust_code)
     for result in fine_tuned.predict(fine_tuned.task.read_inputs(inputs or [], text or [])):
         typer.echo(json.dumps(result) if json_output else fine_tuned.task.format_prediction(result))
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    format_: Annotated[str, typer.Option("--format", help="onnx, hf (Transformers / sentence-transformers folder) "
+                                                          "or torchscript")],
+    out: Annotated[Path | None, typer.Option("--out", help="folder to write (default RUN/exports/FORMAT)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an export graftune wrote in --out")] = False,
+    tolerance: Annotated[float, typer.Option(help="largest difference from PyTorch allowed, times max(1, the "
+                                                  "largest output)")] = 1e-4,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+) -> None:
+    """Export the model for serving, checked against PyTorch on the run's test split; labels and preprocessing
+    travel with it."""
+    from graftune.api import export as export_api
+
+    done = export_api(run, format_, out, overwrite=overwrite, trust_code=trust_code, tolerance=tolerance)
+    typer.echo(done.check.line())
+    typer.echo(f"{done.format} export written to {done.folder} ({done.exporter})")
+
+
+@app.command()
+@user_errors
+def report(run: Annotated[Path, typer.Argument(help="run directory (finished or not)")]) -> None:
+    """Write RUN/report.html again from the run folder: curves, stages and rates, the test (confusion matrix,
+    calibration, worst examples; perplexity and samples), forgetting, results and config. Every run writes it."""
+    from graftune.report import write_report
+
+    typer.echo(f"report written to {write_report(run)}")
 
 
 @app.command()

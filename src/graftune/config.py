@@ -27,6 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from graftune.errors import UserError, closest
 from graftune.tasks import task_names
 
+# Accelerate's experiment trackers (accelerate.utils.LoggerType, without "all", which would pick whatever happens to
+# be installed); each needs its own package, checked when a run starts.
+TRACKERS = ("tensorboard", "aim", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab")
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored; values never change."""
@@ -37,8 +41,10 @@ class Section(BaseModel):
 class ModelConfig(Section):
     source: str = Field(description="hf:ID_OR_DIR, timm:NAME, torchvision:NAME, module:pkg.mod:factory, "
                                     "run:DIR, or a preset (minilm-l6, efficientnet-lite0)")
-    weights: str | None = Field(None, description="weights file for module: sources (.safetensors or .pt)")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a module: factory")
+    weights: str | None = Field(None, description="weights file for module:, timm: and torchvision: sources "
+                                                  "(.safetensors or a torch file, read with weights_only=True)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a module: factory, "
+                                                                     "timm.create_model or torchvision's get_model")
     code_path: str | None = Field(None, description="folder to import a module: factory from before the Python "
                                                     "path; recorded by the run, so it rebuilds without PYTHONPATH")
     trust_remote_code: bool = False
@@ -234,6 +240,24 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                                             "memory, about a third more time")
     progress: bool = True
+    log_with: list[str] = Field(
+        default_factory=list, description="experiment trackers that get every epoch's metrics and rates, through "
+                                          "Accelerate: tensorboard (events in RUN/logs/RUN_NAME/), or a list; [] none")
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _known_trackers(cls, value: Any) -> Any:
+        """One name, comma-separated names or a list, each one of Accelerate's trackers; none/[] for none."""
+        if value is None or value in ("none", ""):
+            return []
+        names = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"expected a tracker name or a list of them ({', '.join(TRACKERS)}), got {value!r}")
+        for name in names:
+            if name not in TRACKERS:
+                raise ValueError(f"unknown tracker '{name}'.{closest(name, list(TRACKERS))} Trackers: "
+                                 f"{', '.join(TRACKERS)} (or none)")
+        return list(dict.fromkeys(names))
 
 
 class GenerationConfig(Section):

@@ -67,6 +67,14 @@ def improved(score: float, best: float | None, mode: str) -> bool:
     return score < best if mode == "min" else score > best
 
 
+def tracked(row: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics row as tracker scalars: losses, metrics, seconds, and each group's rate as lr/NAME."""
+    scalars = {key: float(value) for key, value in row.items() if key not in ("epoch", "stage_index")
+               and isinstance(value, int | float) and not isinstance(value, bool)}
+    scalars.update({f"lr/{name}": float(rate) for name, rate in row.get("lr", {}).items()})
+    return scalars
+
+
 def stage_over(stage: Stage, state: FitState) -> bool:
     """The stage has had its epochs, or validation has plateaued in a stage that ends on a plateau."""
     done = state.epoch - state.stage_start + 1
@@ -98,6 +106,7 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, monitor: Monitor, console: Con
         state.stopped_early = last_stage and monitor.patience is not None and state.bad_epochs >= monitor.patience
         trainee.rows.append(row)
         trainee.checkpoints.commit(trainee.accelerator, epoch, trainee.rows, best=better)
+        trainee.accelerator.log(tracked(row), step=epoch)  # train.log_with's trackers; nothing without them
         shown = "" if monitor.metric == "val_loss" else f"  {monitor.metric} {score:.4f}"
         console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {row['train_loss']:.4f}  "
                       f"val_loss {row['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)")

@@ -21,8 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from graftune.artifacts import FineTuned, load_model
-from graftune.data import record
+from graftune.artifacts import FineTuned, load_model, recorded_test_split
 from graftune.data.readers import Example
 from graftune.errors import InputWarning, UserError
 from graftune.grafted import GraftedModel
@@ -76,18 +75,13 @@ class OriginalTask:
 def _recorded_test_split(run_dir: Path, parent: FineTuned, warn: bool) -> list[Example]:
     """A's test examples as its run recorded them, read from its data as it is now; none (with a warning) when
     that data moved or changed."""
-    folder = RunDir(run_dir)
-    if not folder.splits.is_file():
+    if not RunDir(run_dir).splits.is_file():
         return []
-    settings = parent.task.settings
     try:
-        data = type(parent.task).read_data(settings.data)
-        splits, _ = record.restore(folder.read_json(folder.splits), data.splits, parent.task.modality, False,
-                                   folder.splits)
+        return recorded_test_split(run_dir, parent)
     except UserError as err:
         if not warn:
             return []
         warnings.warn(f"forgetting of {run_dir} not measured: its data cannot be read as recorded ({err}). Give "
                       "labelled data of that task with regularize.retain.", InputWarning, stacklevel=2)
         return []
-    return splits.test

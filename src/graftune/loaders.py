@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from graftune.preprocessing import Preprocess
@@ -27,7 +28,19 @@ def local_loader(loader: DataLoader[Any], accelerator: Any) -> Any:
                                put_on_device=True)
 
 
-def eval_loader(items: list[Item], collate: Collate, batches: FixedBatches, num_workers: int = 0) -> DataLoader[Any]:
-    """Unshuffled, unaugmented batches for validation, test and `graftune evaluate`."""
+def eval_loader(items: list[Item], collate: Collate, batches: FixedBatches, num_workers: int = 0,
+                indexed: bool = False) -> DataLoader[Any]:
+    """Unshuffled, unaugmented batches for validation, test and `graftune evaluate`; `indexed` batches also
+    carry each item's index (`batch["index"]`), so an evaluation can say which output is which example."""
+    if indexed:
+        return DataLoader(list(enumerate(items)), batch_sampler=batches,  # type: ignore[arg-type]
+                          collate_fn=_with_index(collate), num_workers=num_workers)
     return DataLoader(items, batch_sampler=batches, collate_fn=collate,  # type: ignore[arg-type]
                       num_workers=num_workers)
+
+
+def _with_index(collate: Collate) -> Any:
+    def indexed(pairs: list[tuple[int, Item]]) -> dict[str, Any]:
+        return {**collate([item for _, item in pairs]), "index": torch.tensor([i for i, _ in pairs])}
+
+    return indexed

@@ -84,7 +84,8 @@ def _share(count: int, accelerator: Any) -> float:
 def evaluate(model: nn.Module, loader: Iterable[Batch], step: StepFn, accelerator: Any,
              progress: Progress | None = None) -> Evaluation:
     """Evaluate under inference mode: the summed loss and the outputs of every example, gathered from
-    every process (Accelerate drops the duplicates that pad the last batch)."""
+    every process (Accelerate drops the duplicates that pad the last batch); with batches that carry an
+    `index` (loaders.eval_loader with indexed=True), the outputs hold each row's item index as `index`."""
     model.eval()
     loss_sum, count = 0.0, 0.0
     gathered: dict[str, list[np.ndarray]] = {}
@@ -93,8 +94,11 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], step: StepFn, accelerato
         summed = result.loss.detach().float() * result.count
         loss_sum += float(accelerator.reduce(summed, reduction="sum"))
         count += float(accelerator.reduce(torch.tensor(float(result.count), device=summed.device), reduction="sum"))
-        if result.outputs:
-            for name, value in accelerator.gather_for_metrics(result.outputs).items():
+        # Indexed batches (loaders.eval_loader) say which example each output row is: with several processes
+        # the gathered rows interleave their shares, so the loader's order alone does not say it.
+        outputs = {**result.outputs, "index": batch["index"]} if "index" in batch else result.outputs
+        if outputs:
+            for name, value in accelerator.gather_for_metrics(outputs).items():
                 gathered.setdefault(name, []).append(value.cpu().numpy())
         if progress:
             progress()

@@ -1,5 +1,6 @@
-"""PNG plots in the run directory: learning curves of any task, a classifier's test confusion matrix, and the
-loss against the rate of a learning-rate range test."""
+"""Plots of a run: learning curves of any task, a classifier's test confusion matrix and reliability diagram,
+the rates of every layer group through the stages, and the loss against the rate of a learning-rate range
+test. `*_figure` functions return the matplotlib figure (the report embeds it); the others write PNGs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ import matplotlib.pyplot as plt
 
 def learning_curves(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     """Training and validation loss per epoch, beside the validation metric that picks the best epoch."""
+    fig = learning_curves_figure(rows, metric)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def learning_curves_figure(rows: list[dict[str, Any]], metric: str) -> Any:
     epochs = [r["epoch"] for r in rows]
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
@@ -24,11 +31,16 @@ def learning_curves(rows: list[dict[str, Any]], metric: str, path: Path) -> None
     metric_ax.plot(epochs, [r[metric] for r in rows], marker="o", color="tab:green")
     metric_ax.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric.removeprefix('val_')}")
     fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path) -> None:
+    fig = confusion_matrix_figure(matrix, labels)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path) -> None:
+def confusion_matrix_figure(matrix: list[list[int]], labels: list[str]) -> Any:
     labels = [plain(label) for label in labels]
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -41,8 +53,50 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def rates_figure(rows: list[dict[str, Any]]) -> Any:
+    """Each optimizer group's learning rate at the end of every epoch (a group is absent while it is frozen), on
+    bands that mark the stages."""
+    epochs = [r["epoch"] for r in rows]
+    groups = list(dict.fromkeys(name.removesuffix("/no_decay") for r in rows for name in r.get("lr", {})))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    for name in groups:
+        rates = [r.get("lr", {}).get(name, r.get("lr", {}).get(f"{name}/no_decay", math.nan)) for r in rows]
+        ax.plot(epochs, rates, marker="o", label=plain(name))
+    start = 0
+    for i in range(1, len(rows) + 1):  # one band per run of epochs in the same stage
+        if i == len(rows) or rows[i].get("stage_index") != rows[start].get("stage_index"):
+            shade = 0.08 + 0.08 * (len(ax.patches) % 2)  # neighbouring stages alternate
+            ax.axvspan(rows[start]["epoch"] - 0.5, rows[i - 1]["epoch"] + 0.5, alpha=shade, color="tab:gray")
+            ax.text((rows[start]["epoch"] + rows[i - 1]["epoch"]) / 2, 1.01, plain(str(rows[start].get("stage", ""))),
+                    transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize="small")
+            start = i
+    # A linear axis: a schedule that decays to 0 at a stage's end records 0 there, which a log axis would hide.
+    ax.set(xlabel="epoch", ylabel="learning rate (end of epoch)", ylim=(0, None))
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if groups:
+        ax.legend(fontsize="x-small", ncol=max(1, len(groups) // 12), loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.subplots_adjust(left=0.08, right=0.78, bottom=0.14, top=0.9)  # fixed: a layout pass costs a drawing
+    return fig
+
+
+def reliability_figure(edges: list[float], accuracy: list[float], confidence: list[float], ece: float) -> Any:
+    """Accuracy per confidence bin against the diagonal a calibrated model would follow (the bins' sizes are in
+    the report's table)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    lefts, width = edges[:-1], edges[1] - edges[0]
+    heights = [0.0 if math.isnan(a) else a for a in accuracy]
+    ax.bar(lefts, heights, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    gaps = [0.0 if math.isnan(c) else c - a for a, c in zip(heights, confidence, strict=True)]
+    ax.bar(lefts, gaps, bottom=heights, width=width, align="edge", color="tab:red", alpha=0.3,
+           label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="calibrated")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.subplots_adjust(left=0.15, right=0.95, bottom=0.13, top=0.9)
+    return fig
 
 
 def lr_find_plot(rates: list[float], losses: list[float], smoothed: list[float], suggestions: dict[str, float],

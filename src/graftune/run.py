@@ -14,6 +14,7 @@ becomes the run folder only when setup succeeded (rundir.py).
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import time
 import warnings
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from rich.console import Console
 from torch.utils.data import DataLoader
 
@@ -52,6 +53,7 @@ from graftune.lr_find import write as write_finding
 from graftune.plots import learning_curves
 from graftune.probe import ExactProbe, linear_layer
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
+from graftune.report import write_report
 from graftune.rundir import RunDir, replace_folder
 from graftune.sampling import ShuffledBatches, sorted_batches
 from graftune.settings import load_configured_backbone, resolve_settings, run_preprocess, with_absolute_paths
@@ -62,7 +64,8 @@ from graftune.tasks.base import Task, TaskData
 from graftune.weights import load_weights
 
 # Settings a resume may change: they decide how long or how visibly the run goes on, not what it learns.
-RESUMABLE = ("train.epochs", "train.early_stopping.patience", "train.progress", "train.num_workers", "cache.dir")
+RESUMABLE = ("train.epochs", "train.early_stopping.patience", "train.progress", "train.num_workers", "cache.dir",
+             "train.log_with")
 
 
 @dataclass
@@ -289,7 +292,7 @@ class Run:
         self.val_loader: Any = eval_loader(self.items["val"], collate, self.val_batches, workers)
         self.test_loader: Any = eval_loader(self.items["test"], collate,
                                             eval_batches(task, self.items["test"], preprocess, train.eval_batch_size),
-                                            workers)
+                                            workers, indexed=True)  # test predictions name their examples
         retained = task.forgetting_examples(self.settings.regularize.retain) if self.settings.regularize.retain \
             else None
         self.retain_loader: Any = None
@@ -304,8 +307,12 @@ class Run:
         # PartialState, which holds the process group, is kept).
         AcceleratorState._reset_state()
         train = self.settings.train
+        trackers = _trackers(train.log_with) if self.folder is not None else []  # a detached run logs nowhere
+        project = ProjectConfiguration(project_dir=str(self.run_folder.path), logging_dir=str(self.run_folder.logs)) \
+            if trackers else None
         self.accelerator = Accelerator(mixed_precision=train.mixed_precision,
-                                       gradient_accumulation_steps=train.grad_accum)
+                                       gradient_accumulation_steps=train.grad_accum, log_with=trackers or None,
+                                       project_config=project)
         accelerator = self.accelerator
         if accelerator.num_processes > train.batch_size:
             raise UserError(f"train.batch_size={train.batch_size} is the batch of all {accelerator.num_processes} "
@@ -437,7 +444,9 @@ class Run:
         folder = self.run_folder
         if (self.task.evaluates_before or self.original is not None) and not folder.before.is_file():
             # the pre-trained model, for before/after: its test scores when the task has them before training
-            folder.write_json(folder.before, self._scores(test=self.task.evaluates_before))
+            before = self._scores(test=self.task.evaluates_before)
+            before.pop("predictions", None)
+            folder.write_json(folder.before, before)
         trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
                           self.steps_per_epoch, self.checkpoints, self.rows, self.penalty, on_epoch=on_epoch)
@@ -445,7 +454,19 @@ class Run:
         if self.settings.strategy.probe == "exact":
             trainee.probe = ExactProbe(self.task.step, self.task.validation_metrics, metric, self.task.metrics[metric],
                                        self.accelerator)
-        fit(trainee, train, Monitor(metric, self.task.metrics[metric], train.early_stopping.patience), self.console)
+        tracking = bool(train.log_with)
+        if tracking:
+            # Setup ran in the hidden staging folder, since renamed to the run folder: log there.
+            self.accelerator.project_configuration.logging_dir = str(folder.logs)
+            # Named after the run folder: tensorboard writes RUN/logs/NAME/, so `tensorboard --logdir runs` tells
+            # runs apart by name.
+            self.accelerator.init_trackers(folder.path.name)
+        try:
+            fit(trainee, train, Monitor(metric, self.task.metrics[metric], train.early_stopping.patience),
+                self.console)
+        finally:
+            if tracking:
+                self.accelerator.end_training()  # flushes the event files, also when the run stops early
         self.prepared = trainee.model  # a stage change may have prepared the model again
         return state
 
@@ -483,8 +504,10 @@ class Run:
         task, model = self.task, self.accelerator.unwrap_model(self.prepared)
         scores: dict[str, Any] = {}
         if test:
-            results = task.test_results(evaluate(self.prepared, self.test_loader, task.step, self.accelerator))
-            scores["test"] = {**results, **task.report(model, self.preprocess, self.data.splits.test)}
+            evaluation = evaluate(self.prepared, self.test_loader, task.step, self.accelerator)
+            scores["test"] = {**task.test_results(evaluation), **task.report(model, self.preprocess,
+                                                                              self.data.splits.test)}
+            scores["predictions"] = task.test_predictions(evaluation, self.data.splits.test)
         if self.original is not None:
             scores["original"] = self.original.score(model.body, self.accelerator)
         if self.retain_loader is not None:
@@ -509,9 +532,15 @@ class Run:
             if self.original is not None and "original" in before:
                 results["forgetting"] = self.original.report(before["original"], scores["original"])
         folder.write_json(folder.results, results)
+        predictions = scores.get("predictions")
+        if predictions is not None:
+            folder.write_text(folder.predictions, "".join(json.dumps(row) + "\n" for row in predictions))
         folder.plots.mkdir(exist_ok=True)
         learning_curves(folder.read_metrics(), metric, folder.plots / "learning_curves.png")
         self.task.plots(scores["test"], folder.plots)
+        started = time.perf_counter()
+        write_report(folder.path)
+        self.console.print(f"report written to {folder.report} ({time.perf_counter() - started:.2f} s)")
 
     def _save_model(self, model: GraftedModel) -> None:
         """The model folder, written under a temporary name and renamed: never half of one."""
@@ -546,6 +575,20 @@ def _resume_settings(saved: Config, overrides: list[str]) -> tuple[Config, dict[
                         f"would make it another run). A resume may change {', '.join(RESUMABLE)}; for anything else "
                         "start a new run with --out.")
     return changed_cfg, changed
+
+
+def _trackers(names: list[str]) -> list[str]:
+    """train.log_with, refused by name when a tracker's package is not installed (Accelerate would skip it)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in names if name not in available]
+    if missing:
+        hint = "pip install 'graftune[tensorboard]'" if missing == ["tensorboard"] else \
+            f"pip install {' '.join(missing)}"
+        raise UserError(f"train.log_with: {', '.join(missing)} is not installed. Install it ({hint}) or remove it "
+                        "from train.log_with.")
+    return names
 
 
 def _check_batchnorm_batches(model: GraftedModel, settings: Config) -> None:

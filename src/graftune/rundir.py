@@ -9,9 +9,13 @@
     RUN/checkpoints/         epoch-N/ and last.json (training state for --resume), best/ (weights)
     RUN/model/               the fine-tuned model (see artifacts.py)
     RUN/results.json         final test metrics
+    RUN/test_predictions.jsonl  classifiers: each test example's true and predicted label and probabilities
+    RUN/report.html          the run report: one self-contained page (report.py)
+    RUN/logs/                with train.log_with: the trackers' files (tensorboard: RUN/logs/NAME/ events)
     RUN/resumes.json         what each --resume changed or accepted
     RUN/before.json          language models: the pre-trained model's test (and retained) scores
     RUN/plots/               learning curves and the task's plots
+    RUN/exports/FORMAT/      `graftune export`'s default output (graftune/exporting/)
 
 graftune writes only into folders it made: a new run is set up in a hidden sibling folder and moved
 into place once its setup succeeded, so a failed start leaves nothing behind, and `--overwrite`
@@ -32,7 +36,8 @@ from graftune.errors import UserError
 MARKER = ".graftune-run"
 MARKER_TEXT = "graftune run directory\n"
 ENTRIES = {MARKER, "config.yaml", "lr_find.json", "data_splits.json", "strategy.json", "metrics.jsonl", "results.json",
-           "resumes.json", "before.json", "model", "checkpoints", "plots"}
+           "resumes.json", "before.json", "model", "checkpoints", "plots", "exports", "test_predictions.jsonl",
+           "report.html", "logs"}
 
 
 class RunDir:
@@ -51,6 +56,9 @@ class RunDir:
     before = property(lambda self: self.path / "before.json")
     plots = property(lambda self: self.path / "plots")
     lr_find = property(lambda self: self.path / "lr_find.json")
+    predictions = property(lambda self: self.path / "test_predictions.jsonl")
+    report = property(lambda self: self.path / "report.html")
+    logs = property(lambda self: self.path / "logs")
 
     # --- what the folder is -----------------------------------------------------------------------------
 

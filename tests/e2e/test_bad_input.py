@@ -836,6 +836,79 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return ["generate", copy(kit.text_run, user, "run"), "--prompt", "  "], ["--prompt: empty prompt"]
 
 
+# export
+
+
+@case("export: no run there")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", user / "no-such-run", "--format", "onnx"], [f"{user / 'no-such-run'}: run directory not found"]
+
+
+@case("export: a folder that is no run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "photos" / "notes.txt", "mine")
+    return ["export", user / "photos", "--format", "onnx"], [f"{user / 'photos'}: not a graftune run folder"]
+
+
+@case("export: a run that never finished")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    shutil.rmtree(run / "model")
+    return ["export", run, "--format", "torchscript"], [f"{run}: no model/ folder", "--resume"]
+
+
+@case("export: an unknown format")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.text_run, user, "run"), "--format", "onxx"], [
+        "--format onxx: unknown format", "onnx, hf or torchscript", "Did you mean 'onnx'"]
+
+
+@case("export: --out holds the user's files")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "served" / "notes.txt", "mine")
+    return ["export", copy(kit.text_run, user, "run"), "--format", "torchscript", "--out", user / "served"], [
+        f"--out {user / 'served'}: exists and is not empty", "--overwrite"]
+
+
+@case("export: --overwrite on a folder no export wrote")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "served" / "notes.txt", "mine")
+    return ["export", copy(kit.text_run, user, "run"), "--format", "torchscript", "--out", user / "served",
+            "--overwrite"], [f"--out {user / 'served'}: not an export graftune wrote", "refusing to replace it"]
+
+
+@case("export: --out is a file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    helpers.write_text(user / "model.onnx", "not a folder")
+    return ["export", copy(kit.text_run, user, "run"), "--format", "onnx", "--out", user / "model.onnx"], [
+        f"--out {user / 'model.onnx'}: exists and is a file"]
+
+
+@case("export: hf for an image model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.image_run, user, "run"), "--format", "hf", "--trust-code"], [
+        "--format hf: image and video models", "module:helpers:tiny_cnn", "Use --format onnx or --format torchscript"]
+
+
+@case("export: hf for a video model")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.video_run, user, "run"), "--format", "hf", "--trust-code"], [
+        "--format hf: image and video models", "Use --format onnx or --format torchscript"]
+
+
+@case("export: code the run folder names, not trusted")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.image_run, user, "run")
+    return ["export", run, "--format", "onnx"], [f"{run / 'model' / 'graftune.json'}", "module:helpers:tiny_cnn",
+                                                 "--trust-code"]
+
+
+@case("export: a tolerance of zero")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["export", copy(kit.text_run, user, "run"), "--format", "onnx", "--tolerance", "0"], [
+        "--tolerance 0.0: must be above 0"]
+
+
 # serve: each is refused before the server starts (a case that got past would serve until killed)
 
 HELD: list[socket.socket] = []  # listening sockets that keep a port busy while a case runs
@@ -1055,6 +1128,68 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return text_train(user, kit, "--set", "optim.lr=fast"), ["'optim.lr'", "a positive number or 'auto'", "'fast'"]
 
 
+# report
+
+
+def damaged_run(user: Path, kit: Kit, name: str, text: str | None) -> Path:
+    """A copy of the finished image run with one file replaced by `text` (None: removed)."""
+    run = copy(kit.image_run, user, "run")
+    if text is None:
+        (run / name).unlink()
+    else:
+        (run / name).write_text(text)
+    return run
+
+
+@case("report: a folder that is not a run")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "notes").mkdir()
+    (user / "notes" / "config.yaml").write_text("task: text-classification\n")
+    return ["report", user / "notes"], [str(user / "notes"), "not a graftune run", ".graftune-run"]
+
+
+@case("report: no such folder")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["report", user / "nowhere"], [str(user / "nowhere"), "run directory not found"]
+
+
+@case("report: config.yaml missing")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "config.yaml", None)
+    return ["report", run], [str(run / "config.yaml"), "missing"]
+
+
+@case("report: damaged metrics.jsonl")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "metrics.jsonl", '{"epoch": 1\n')
+    return ["report", run], [str(run / "metrics.jsonl"), "damaged"]
+
+
+@case("report: damaged results.json")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "results.json", "{not json")
+    return ["report", run], [str(run / "results.json"), "damaged"]
+
+
+@case("report: damaged test_predictions.jsonl")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    rows = (kit.image_run / "test_predictions.jsonl").read_text().splitlines()
+    run = damaged_run(user, kit, "test_predictions.jsonl", "\n".join([rows[0], '{"label": "red"}', *rows[2:]]))
+    return ["report", run], [f"{run / 'test_predictions.jsonl'}:2", "damaged", "not a prediction row"]
+
+
+@case("train.log_with: an unknown tracker")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "train.log_with=tensorbord"), [
+        "train.log_with", "unknown tracker 'tensorbord'", "Did you mean 'tensorboard'"]
+
+
+@case("train.log_with: a tracker that is not installed")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return text_train(user, kit, "--set", "train.log_with=tensorboard,swanlab"), [
+        "train.log_with: swanlab is not installed", "pip install swanlab"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 
@@ -1103,7 +1238,7 @@ def test_a_crafted_run_folder_runs_no_code(kit: Kit, tmp_path: Path) -> None:
     settings = (run / "config.yaml").read_text().replace(f"source: hf:{kit.bert}", "source: module:os:system")
     (run / "config.yaml").write_text(settings)
     for args in (["predict", run, "--text", "hello"], ["evaluate", run, "--data", kit.text],
-                 ["train", "--resume", run, "--epochs", "2"],
+                 ["export", run, "--format", "torchscript"], ["train", "--resume", run, "--epochs", "2"],
                  ["train", "--task", "text-classification", "--model", f"run:{run}", "--data", kit.text,
                   "--out", tmp_path / "child"]):
         code, output = run_cli(*[str(a) for a in args])

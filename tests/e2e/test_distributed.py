@@ -48,3 +48,31 @@ def test_two_processes_take_the_steps_of_one(tmp_path: Path) -> None:
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
     assert one[-1]["val_loss"] < one[0]["val_loss"]  # it learned, on both
+
+
+def test_two_processes_write_each_test_prediction_beside_its_example(tmp_path: Path) -> None:
+    """Each process evaluates its share of the test batches (of 3, so the last is padded with repeats that
+    Accelerate drops) and the outputs, with their item indices, are gathered; every row of
+    test_predictions.jsonl must still be its own example's (what `predict` gives for that file alone)."""
+    import graftune
+
+    images = helpers.write_colour_folders(tmp_path / "images", per_class=10)
+    tests = str(Path(helpers.__file__).parent)
+    env = {**os.environ, "GRAFTUNE_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    accelerate = Path(sys.executable).parent / "accelerate"
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "graftune.cli", "train", "--task", "image-classification", "--model",
+         "module:helpers:tiny_cnn", "--data", str(images), "--freeze", "2", "--epochs", "1", "--batch-size", "8",
+         "--set", "data.image_size=16", "--set", "data.augment=false", "--set", "train.eval_batch_size=3",
+         "--set", "train.progress=false", "--out", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "test_predictions.jsonl").read_text().splitlines()]
+    assert [r["where"] for r in rows] == json.loads((run / "data_splits.json").read_text())["test"]["items"]
+    alone = graftune.load(run, trust_code=True).predict([(r["where"], r["input"]) for r in rows])
+    for row, fresh in zip(rows, alone, strict=True):
+        for label, p in row["probabilities"].items():
+            assert p == pytest.approx(fresh["probabilities"][label], abs=1e-5), row["where"]
+    assert (run / "report.html").is_file()

@@ -68,7 +68,7 @@ class Backbone:
     # Whatever the source did to the original model (the classifier it removed, the layer it cut
     # at), so a saved run rebuilds exactly the same body.
     surgery: dict[str, Any] = field(default_factory=dict)
-    build_kwargs: dict[str, Any] = field(default_factory=dict)  # a `module:` factory's keyword arguments
+    build_kwargs: dict[str, Any] = field(default_factory=dict)  # kwargs it was built with (module:, timm:, torchvision)
     # Where a `module:` factory's code came from: {"path": import root, "file": ..., "sha256": ...}.
     code: dict[str, str] | None = None
     produces: Literal["features", "logits"] = "features"  # logits: a language model with its LM head

@@ -20,6 +20,8 @@ The run path (graftune/run.py) calls a task in this order:
     task.test_results(evaluation)          -> the "test" section of results.json; task.plots, task.summary
     task.report(model, preprocess, examples) -> what else the test split shows (generated samples, ROUGE),
                                               before training too when `evaluates_before`
+    task.test_predictions(evaluation, examples) -> one row per test example (RUN/test_predictions.jsonl), or None
+    task.report_sections(results, predictions) -> the run report's sections on the test (graftune/report.py)
     task.save_weights / task.load_weights  -> the model folder's weights (a language model's: Transformers')
     task.read_labelled / read_inputs / predict / format_prediction
                                            -> `graftune evaluate` and `graftune predict`
@@ -47,6 +49,7 @@ from graftune.data.splits import Splits
 from graftune.errors import UserError
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
+from graftune.pages import Section
 from graftune.preprocessing import Modality, Preprocess, TextPreprocess
 from graftune.sampling import token_lengths
 from graftune.weights import load_weights, save_weights
@@ -183,6 +186,19 @@ class Task(ABC):
     def report(self, model: nn.Module, preprocess: Preprocess, examples: list[Example]) -> dict[str, Any]:
         """What else the test examples show beyond `test_results` (generated samples, ROUGE); none by default."""
         return {}
+
+    def test_predictions(self, evaluation: Evaluation, examples: list[Example]) -> list[dict[str, Any]] | None:
+        """One JSON row per test example, in the split's order (RUN/test_predictions.jsonl, read by the report);
+        `evaluation.outputs["index"]` says which item each output row is. None: the task writes none."""
+        return None
+
+    def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
+                        plots: Path) -> list[Section]:
+        """The run report's sections on the test: `results` is results.json as the run wrote it (`test`, and
+        `before` for a task that evaluates before training), `predictions` the rows of `test_predictions`, `plots`
+        the run's plots folder (figures it drew, to embed rather than draw again); the report adds the run's own
+        sections (graftune/report.py)."""
+        return []
 
     def forgetting_examples(self, path: str) -> list[Example] | None:
         """Inputs of the original task (`regularize.retain`) to score before and after: what the model forgot.

@@ -33,6 +33,7 @@ from graftune.data.splits import Splits
 from graftune.errors import InputWarning, UserError
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
+from graftune.pages import Section
 from graftune.preprocessing import Preprocess, TextPreprocess
 from graftune.tasks.base import Collate, Item, Task, TaskData
 from graftune.tasks.lm_batches import collate_sequences, pack_documents, pair_sequence
@@ -178,6 +179,36 @@ class CausalLM(Task):
             report["rouge"] = rouge([self._generate(model, tokenizer, e.input) for e in examples],
                                     [e.label for e in examples])
         return report
+
+    def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
+                        plots: Path) -> list[Section]:
+        """Held-out perplexity (and ROUGE) before and after fine-tuning; the samples generated from the first test
+        prompts by both models."""
+        from graftune.pages import escape, paragraph, table
+
+        test, before = results["test"], results.get("before") or {}
+        keys = [("perplexity", "perplexity"), ("loss", "loss (nats per token)"), ("tokens", "test tokens")]
+        keys += [(f"rouge:{name}", name) for name in ("rouge1", "rouge2", "rougeL") if "rouge" in test]
+
+        def value(scores: dict[str, Any], key: str) -> Any:
+            name, _, part = key.partition(":")
+            found = scores.get(name, "")
+            return found.get(part, "") if part and isinstance(found, dict) else found
+
+        scores = table(["", "pre-trained", "fine-tuned"], [[label, value(before, key), value(test, key)]
+                                                           for key, label in keys])
+        sections = [Section("Perplexity", scores, "perplexity")]
+        samples, earlier = test.get("samples", []), before.get("samples", [])
+        generation = self.settings.generation
+        how = "greedy" if generation.temperature == 0 else f"temperature {generation.temperature:g}, seed " \
+                                                            f"{generation.seed}"
+        rows = [[f"<pre>{escape(s['prompt'])}</pre>",
+                 f"<pre>{escape(earlier[i]['generated'])}</pre>" if i < len(earlier) else "",
+                 f"<pre>{escape(s['generated'])}</pre>"] for i, s in enumerate(samples)]
+        body = paragraph(f"{len(rows)} prompts from the test split, {generation.max_new_tokens} new tokens at most, "
+                         f"{how}.") + table(["prompt", "pre-trained", "fine-tuned"], rows, raw=True) if rows else \
+            paragraph("No samples (generation.samples is 0, or the test split is empty).", note=True)
+        return [*sections, Section("Generation samples", body, "samples")]
 
     def _prompt_of(self, tokenizer: Any, example: Example) -> str:
         """A pair's prompt; for a document, its first words (the first 16 tokens)."""

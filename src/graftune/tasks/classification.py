@@ -36,10 +36,15 @@ from graftune.data.splits import read_splits
 from graftune.errors import UserError
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
+from graftune.pages import Section
 from graftune.preprocessing import Preprocess
 from graftune.regularize import mixing_collate
 from graftune.tasks.base import Collate, Item, Task, TaskData
+from graftune.tasks.classification_report import classification_sections
 from graftune.tasks.heads import Pooling, build_head
+
+TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
+SNIPPET = 300  # characters of it the report shows
 
 
 class Classification(Task):
@@ -180,6 +185,31 @@ class Classification(Task):
         from graftune.plots import confusion_matrix_plot
 
         confusion_matrix_plot(results["confusion_matrix"], self.labels, folder / "confusion_matrix.png")
+
+    def test_predictions(self, evaluation: Evaluation, examples: list[Example]) -> list[dict[str, Any]] | None:
+        """Per test example: where it came from, its input (a text, cut at TEXT_KEPT characters, or a file's
+        path), the true and the predicted label (the argmax, as in the confusion matrix) and the probabilities."""
+        outputs, labels = evaluation.outputs, self.labels
+        rows: list[dict[str, Any]] = [{} for _ in examples]
+        for index, probs in zip(outputs.get("index", []), outputs.get("probs", []), strict=True):
+            example, best = examples[int(index)], int(np.argmax(probs))
+            rows[int(index)] = {
+                "where": example.where, "input": example.input[:TEXT_KEPT], "label": example.label,
+                "predicted": labels[best], "confidence": round(float(probs[best]), 6),
+                "probabilities": {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}}
+        return rows
+
+    def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
+                        plots: Path) -> list[Section]:
+        return classification_sections(results["test"], predictions, self.example_cell, plots)
+
+    def example_cell(self, row: dict[str, Any]) -> str:
+        """How the report shows one test example: a text's first words (images and clips: a thumbnail)."""
+        from graftune.pages import escape
+
+        text = str(row["input"])
+        shown = text if len(text) <= SNIPPET else text[:SNIPPET].rstrip() + " …"
+        return f'{escape(shown)}<br><span class="note">{escape(row["where"])}</span>'
 
     def summary(self, results: dict[str, Any]) -> str:
         return (f"accuracy {results['accuracy']:.4f}  macro-F1 {results['macro_f1']:.4f}  "

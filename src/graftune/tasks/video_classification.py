@@ -17,12 +17,13 @@ from graftune.backbones.base import Backbone
 from graftune.backbones.inflate import inflate
 from graftune.config import Config
 from graftune.data.inputs import EncodeInputs
-from graftune.data.videos import clip_tensor
+from graftune.data.videos import clip_tensor, decode
 from graftune.errors import UserError
 from graftune.grafted import GraftedModel
 from graftune.preprocessing import ImagePreprocess, Preprocess
 from graftune.tasks.classification import Classification
 from graftune.tasks.heads import Pooling, build_head, pooled_width
+from graftune.tasks.image_classification import THUMBNAIL, thumbnail_cell
 from graftune.tasks.temporal import ClipModel, FramePooling, build_temporal_head
 
 # The temporal head of `video.temporal: auto`: the one that did best on motion in benchmarks/video.py.
@@ -72,6 +73,16 @@ class VideoClassification(Classification):
         head = build_temporal_head(video.temporal, head_cfg, pooled_width(backbone.feature_dim, head_cfg.pooling),
                                    video.frames, len(self.labels))
         return ClipModel(backbone.body, head, FramePooling(head_cfg.pooling, video.frames, video.sampling), policy)
+
+    def example_cell(self, row: dict[str, Any]) -> str:
+        """The clip's middle frame as a thumbnail in the report (a note when the file is gone)."""
+        from PIL import Image
+
+        try:
+            frames = decode(row["input"], THUMBNAIL)
+        except UserError:
+            return super().example_cell({**row, "input": "(video file missing or unreadable)"})
+        return thumbnail_cell(Image.fromarray(frames[len(frames) // 2]), row["where"])
 
     def encoder(self, preprocess: Preprocess, augment: bool = False) -> EncodeInputs:
         """Video paths to (B, K, 3, size, size) frames: sampled, jittered and cropped alike in training."""
