@@ -6,6 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+import helpers
 import pytest
 
 # Fail fast on a wrong path instead of waiting on a hub that is not there.
@@ -47,12 +48,5 @@ def bbc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fashion_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real Fashion-MNIST PNGs in class folders: ROOT/train (12 per class) and ROOT/test (6 per class)."""
-    from graftune.datasets import FASHION_MNIST_DIR, write_fashion_mnist
-
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    root = tmp_path_factory.mktemp("fashion")
-    write_fashion_mnist(root / "train", per_class=12, split="train", seed=0)
-    write_fashion_mnist(root / "test", per_class=6, split="t10k", seed=0)
-    return root
+    """12 training and 6 test images per class."""
+    return helpers.fashion_folders(tmp_path_factory.mktemp("fashion"), 12, 6)

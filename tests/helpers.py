@@ -163,6 +163,17 @@ def counting_cnn(num_classes: int = 3) -> TinyResNet:
     return model
 
 
+def fashion_folders(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """Real Fashion-MNIST PNGs in class folders, ROOT/train and ROOT/test; skips where the data is absent."""
+    from graftune.datasets import FASHION_MNIST_DIR, write_fashion_mnist
+
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    write_fashion_mnist(root / "train", per_class=train_per_class, split="train", seed=0)
+    write_fashion_mnist(root / "test", per_class=test_per_class, split="t10k", seed=0)
+    return root
+
+
 def write_colour_folders(root: Path, per_class: int = 8, seed: int = 0) -> Path:
     """Three classes of noisy solid-colour PNGs (red, green, blue) as ROOT/LABEL/N.png."""
     generator = torch.Generator().manual_seed(seed)

@@ -19,14 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.vision]
 @pytest.fixture(scope="module")
 def fashion_300(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 training and 10 test images per class (300 and 100), real Fashion-MNIST as PNG class folders."""
-    from graftune.datasets import FASHION_MNIST_DIR, write_fashion_mnist
-
-    if not FASHION_MNIST_DIR.is_dir():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    root = tmp_path_factory.mktemp("fashion300")
-    write_fashion_mnist(root / "train", per_class=30, split="train", seed=0)
-    write_fashion_mnist(root / "test", per_class=10, split="t10k", seed=0)
-    return root
+    return helpers.fashion_folders(tmp_path_factory.mktemp("fashion300"), 30, 10)
 
 
 def test_torchvision_mobilenet_v2_from_its_imagenet_file_learns_fashion(fashion_300: Path, tmp_path: Path,
