@@ -42,33 +42,47 @@ def check_gradual_stages(run: Path) -> None:
     assert [s["name"] for s in strategy["stages"]][:3] == ["head", "top-1", "top-2"]
 
 
+@pytest.fixture(scope="module")
+def lora_run(bbc_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted LoRA run through the CLI (text_config's settings), read by the resume test as its
+    reference and by the adapter test: one LoRA training on MiniLM instead of two."""
+    out = tmp_path_factory.mktemp("lora") / "straight"
+    code, output = run_cli("train", "--task", "text-classification", "--model", "minilm-l6", "--data", bbc_folder,
+                           "--out", out, "--strategy", "lora", "--epochs", "3", "--batch-size", "16",
+                           "--set", "data.max_length=32", "--set", "train.progress=false",
+                           "--set", "train.early_stopping.patience=null")
+    assert code == 0, output
+    return out
+
+
 @pytest.mark.parametrize("strategy", ["gradual", "lora"])
 def test_resume_mid_strategy_matches_uninterrupted(strategy: str, bbc_folder: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    straight = graftune.train(text_config(bbc_folder, strategy), out=tmp_path / "straight")
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   request: pytest.FixtureRequest) -> None:
     if strategy == "gradual":
-        check_gradual_stages(straight.dir)
+        straight = graftune.train(text_config(bbc_folder, strategy), out=tmp_path / "straight").dir
+        check_gradual_stages(straight)
+    else:
+        straight = request.getfixturevalue("lora_run")
     helpers.interrupt_epoch(monkeypatch, 3)  # Ctrl-C during epoch 3: gradual has just entered its third stage
     with pytest.raises(KeyboardInterrupt):
         graftune.train(text_config(bbc_folder, strategy), out=tmp_path / "resumed")
     code, output = run_cli("train", "--resume", tmp_path / "resumed")
     assert code == 0, output
     assert "resuming after epoch 2" in output
-    for a, b in zip(metrics(straight.dir), metrics(tmp_path / "resumed"), strict=True):
+    assert [r["epoch"] for r in metrics(tmp_path / "resumed")] == [1, 2, 3]
+    for a, b in zip(metrics(straight), metrics(tmp_path / "resumed"), strict=True):
         assert (a["stage"], a["trainable_groups"], a["trainable_params"]) == \
             (b["stage"], b["trainable_groups"], b["trainable_params"])
         assert a["lr"] == pytest.approx(b["lr"])
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-6)
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
-    assert resumed["accuracy"] == pytest.approx(straight.test["accuracy"])
+    assert resumed["accuracy"] == pytest.approx(json.loads((straight / "results.json").read_text())["test"]["accuracy"])
 
 
-def test_lora_saves_adapter_and_merged_model_with_equal_predictions(bbc_folder: Path, tmp_path: Path) -> None:
-    out = tmp_path / "lora"
-    code, output = run_cli("train", "--task", "text-classification", "--model", "minilm-l6", "--data", bbc_folder,
-                           "--out", out, "--strategy", "lora", "--epochs", "2", "--set", "data.max_length=32")
-    assert code == 0, output
+def test_lora_saves_adapter_and_merged_model_with_equal_predictions(lora_run: Path, bbc_folder: Path) -> None:
+    out = lora_run
     rows = metrics(out)
     assert rows[0]["trainable_params"] < 0.05 * 22_567_301  # adapters and head only
     adapter = out / "model" / "adapter"
