@@ -84,12 +84,22 @@ def config(strategy: dict[str, Any], epochs: int) -> dict[str, Any]:
 
 
 def run_fit(tmp_path: Path, strategy: dict[str, Any], epochs: int, monitor: Monitor,
-            values: list[float]) -> tuple[FitState, list[dict[str, Any]], Scripted, Trainee]:
+            values: list[float], console: Console | None = None) -> tuple[FitState, list[dict[str, Any]], Scripted,
+                                                                          Trainee]:
     folder = RunDir(tmp_path / "run")
     trained, scripted = trainee(strategy, epochs, monitor.metric, values, folder.path)
     settings = validate(config(strategy, epochs))
-    state = fit(trained, settings.train, monitor, Console(quiet=True))
+    state = fit(trained, settings.train, monitor, console or Console(quiet=True))
     return state, folder.read_metrics(), scripted, trained
+
+
+def test_each_epoch_line_names_its_stage(tmp_path: Path) -> None:
+    """The stage's name is printed in brackets as it is, not read as Rich markup (which dropped it)."""
+    console = Console(record=True, width=200)
+    run_fit(tmp_path, {"name": "lp-ft", "probe_epochs": 1}, 2, Monitor("val_accuracy", "max", patience=5),
+            [0.5, 0.6], console)
+    printed = console.export_text()
+    assert "epoch 1/2 [probe]" in printed and "epoch 2/2 [fine-tune]" in printed, printed
 
 
 def weights_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

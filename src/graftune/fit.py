@@ -109,7 +109,8 @@ def fit(trainee: Trainee, train_cfg: TrainConfig, monitor: Monitor, console: Con
         trainee.accelerator.log(tracked(row), step=epoch)  # train.log_with's trackers; nothing without them
         shown = "" if monitor.metric == "val_loss" else f"  {monitor.metric} {score:.4f}"
         console.print(f"epoch {epoch}/{train_cfg.epochs} [{row['stage']}]  train_loss {row['train_loss']:.4f}  "
-                      f"val_loss {row['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)")
+                      f"val_loss {row['val_loss']:.4f}{shown}  ({row['seconds']:.0f} s)",
+                      markup=False, highlight=False)  # "[full]" is the stage's name, not Rich markup
         if trainee.on_epoch is not None:
             trainee.on_epoch(epoch, row)
         if state.converged:
