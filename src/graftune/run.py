@@ -445,7 +445,6 @@ class Run:
         if (self.task.evaluates_before or self.original is not None) and not folder.before.is_file():
             # the pre-trained model, for before/after: its test scores when the task has them before training
             before = self._scores(test=self.task.evaluates_before)
-            before.pop("predictions", None)
             folder.write_json(folder.before, before)
         trainee = Trainee(self.prepared, self.optimizer, self.accelerator, self.loop, self.loaders, self.batches,
                           self.task.step, self.task.validation_metrics, self.settings.optim.grad_clip, self.switch,
@@ -479,7 +478,7 @@ class Run:
         load_weights(model, self.checkpoints.best)
         if task.calibrates:  # on the validation features the cache holds, when the body is frozen
             task.calibrate(evaluate(self.prepared, self.loaders.for_epoch().val, task.step, self.accelerator))
-        scores = self._scores()
+        scores = self._scores(predictions=True)
         test = scores["test"]
         reached("save:tested", state.epoch)
         if self.accelerator.is_main_process:
@@ -498,16 +497,17 @@ class Run:
         self.console.print(f"run saved in {folder.path}")
         return RunResult(folder.path, test, state.best_epoch, state.epoch)
 
-    def _scores(self, test: bool = True) -> dict[str, Any]:
-        """The model's test results and report (with `test`), its score on the retained inputs (when given) and
-        on task A of a chained run."""
+    def _scores(self, test: bool = True, predictions: bool = False) -> dict[str, Any]:
+        """The model's test results and report (with `test`; with `predictions` also each test example's row for
+        test_predictions.jsonl), its score on the retained inputs (when given) and on task A of a chained run."""
         task, model = self.task, self.accelerator.unwrap_model(self.prepared)
         scores: dict[str, Any] = {}
         if test:
             evaluation = evaluate(self.prepared, self.test_loader, task.step, self.accelerator)
             scores["test"] = {**task.test_results(evaluation), **task.report(model, self.preprocess,
                                                                               self.data.splits.test)}
-            scores["predictions"] = task.test_predictions(evaluation, self.data.splits.test)
+            if predictions:
+                scores["predictions"] = task.test_predictions(evaluation, self.data.splits.test)
         if self.original is not None:
             scores["original"] = self.original.score(model.body, self.accelerator)
         if self.retain_loader is not None:
