@@ -42,6 +42,27 @@ def test_evaluate_reproduces_the_test_metrics_of_the_run(trained: tuple[Path, Pa
     assert again["accuracy"] == recorded["accuracy"] and again["loss"] == pytest.approx(recorded["loss"], abs=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "no"])
+def test_evaluate_and_predict_compute_in_the_runs_precision(precision: str, tmp_path: Path) -> None:
+    """Forced, not `auto`: a run in bf16 autocast is reproduced by inference on every machine, not only on one
+    whose CPU picks bf16 by itself."""
+    train = helpers.write_colour_folders(tmp_path / "train", per_class=8, seed=0)
+    test = helpers.write_colour_folders(tmp_path / "test", per_class=4, seed=1)
+    config = {"task": "image-classification", "model": {"source": "module:helpers:tiny_cnn"},
+              "data": {"train": str(train), "test": str(test), "image_size": 16, "augment": False},
+              "train": {"epochs": 1, "batch_size": 8, "progress": False, "mixed_precision": precision}}
+    graftune.train(config, out=tmp_path / "run", console=Console(quiet=True))
+    recorded = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
+    model = graftune.load(tmp_path / "run", trust_code=True)
+    assert model.precision == precision
+    again = graftune.evaluate(tmp_path / "run", test, trust_code=True)
+    assert again["loss"] == pytest.approx(recorded["loss"], abs=1e-6)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "test_predictions.jsonl").read_text().splitlines()]
+    for row, fresh in zip(rows, model.predict([(r["where"], r["input"]) for r in rows]), strict=True):
+        for label, p in row["probabilities"].items():
+            assert p == pytest.approx(fresh["probabilities"][label], abs=1e-5)
+
+
 def test_the_model_folder_records_task_schema_settings_and_build(trained: tuple[Path, Path]) -> None:
     run, _ = trained
     info = json.loads((run / "model" / "graftune.json").read_text())

@@ -12,6 +12,7 @@ head from the settings, the source rebuilds the body from its spec and `body/`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -72,18 +73,33 @@ class FineTuned:
     task: Task
     info: dict[str, Any]
 
+    @property
+    def precision(self) -> str:
+        """The precision the run computed in ('no', 'bf16', 'fp16'): inference uses it too, so that `evaluate`
+        reproduces the run's test metrics and `predict` its test predictions."""
+        return str(self.task.settings.train.mixed_precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The run's autocast (as Accelerate applies it in training), or nothing for full precision."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
+
     def predict(self, inputs: list[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
         """One result per (name, input): for a classifier, the label and every class's probability."""
-        return self.task.predict(self.model, self.preprocess, inputs, batch_size)
+        with self.autocast():
+            return self.task.predict(self.model, self.preprocess, inputs, batch_size)
 
     def evaluate(self, examples: list[Example], batch_size: int = 64) -> dict[str, Any]:
-        """The task's test metrics on labelled examples."""
+        """The task's test metrics on labelled examples, computed as the run computed its own."""
         from accelerate import Accelerator
 
         items = self.task.items(examples, self.preprocess)
         batches = eval_batches(self.task, items, self.preprocess, batch_size)
         loader = eval_loader(items, self.task.collate(self.preprocess), batches)
-        return self.task.test_results(evaluate(self.model, loader, self.task.step, Accelerator()))
+        with self.autocast():
+            return self.task.test_results(evaluate(self.model, loader, self.task.step, Accelerator(cpu=True)))
 
 
 def load_model(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:
