@@ -23,7 +23,7 @@ from graftune.errors import UserError
 from graftune.fit import improved
 from graftune.grafted import GraftedModel
 from graftune.optim import build_optimizer, build_schedule, parameter_groups
-from graftune.rundir import MARKER, RunDir
+from graftune.rundir import MANIFEST, MARKER, RunDir
 from graftune.tasks.heads import Pooling, build_head
 from graftune.weights import load_weights, save_weights
 
@@ -228,14 +228,14 @@ def test_a_failed_start_leaves_nothing(tmp_path: Path) -> None:
 def test_an_existing_run_needs_overwrite_and_survives_a_failed_overwrite(tmp_path: Path) -> None:
     target = RunDir(tmp_path / "run")
     target.adopt(target.stage(overwrite=False))
-    target.config.write_text("task: text-classification\n")
+    target.write_text(target.config, "task: text-classification\n")
     with pytest.raises(UserError, match=r"run directory exists.*--overwrite"):
         target.stage(overwrite=False)
     staged = target.stage(overwrite=True)
     staged.discard()  # the new run failed to start: the old one is untouched
     assert target.config.read_text() == "task: text-classification\n"
     target.adopt(target.stage(overwrite=True))
-    assert sorted(p.name for p in target.path.iterdir()) == [MARKER]
+    assert sorted(p.name for p in target.path.iterdir()) == [MANIFEST, MARKER]
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ epoch's checkpoint or the new one, never a mix and never nothing.
     RUN/checkpoints/last.json     {"epoch": 3, "dir": "epoch-0003"}: the checkpoint resume starts from
     RUN/checkpoints/best/model.safetensors   a hard link to the best epoch's weights
 
-`commit` saves into a temporary folder and fsyncs it, renames it into place, links the best weights,
+`commit` saves into a fresh temporary folder and fsyncs it, renames it into place, links the best weights,
 then replaces last.json (the commit point: fsynced, renamed), then rewrites RUN/metrics.jsonl from the
-rows the checkpoint holds and removes older epochs. Resume reads last.json and takes the rows from the
+rows the checkpoint holds and removes older epochs. Every path goes through the run's `Confined` files
+(graftune/safe_files.py): no link is followed, and tidying removes only folders graftune wrote, never a
+folder of the user's that happens to be named like a checkpoint. Resume reads last.json and takes the rows from the
 checkpoint, so it never repeats or skips an epoch's row. A full or read-only disk stops the run with
 one message and the previous checkpoint intact.
 
@@ -33,6 +35,7 @@ import torch
 
 from graftune.errors import UserError
 from graftune.faults import reached
+from graftune.safe_files import Confined, fsync_folder
 
 LOOP_STATE_FILE = "custom_checkpoint_0.pkl"  # Accelerate's name for the first registered object
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -72,8 +75,10 @@ class LoopState:
 class Checkpoints:
     """RUN/checkpoints/: commit an epoch's state as one unit; find and read the last complete one."""
 
-    def __init__(self, folder: Path, metrics: Path) -> None:
+    def __init__(self, folder: Path, metrics: Path, files: Confined | None = None) -> None:
+        """`files`: the run folder's (default: a Confined on the folder above `folder`, without manifest)."""
         self.folder, self.metrics = folder, metrics
+        self.files = files if files is not None else Confined(folder.parent)
         self.pointer = folder / "last.json"
         self.best = folder / "best" / "model.safetensors"
 
@@ -81,15 +86,15 @@ class Checkpoints:
 
     def latest(self) -> Path | None:
         """The folder last.json names, or None before the first epoch was committed."""
-        if not self.pointer.is_file():
+        if not self.pointer.is_file() and not self.pointer.is_symlink():
             return None
         try:
-            name = json.loads(self.pointer.read_text())["dir"]
-        except (ValueError, KeyError, TypeError):
+            name = json.loads(self.files.read_text(self.pointer))["dir"]
+        except (ValueError, KeyError, TypeError, OSError):
             raise UserError(f"{self.pointer}: damaged (not the JSON graftune writes). The run cannot resume from "
                             "it; start a new run.") from None
         path = self.folder / str(name)
-        if path.parent != self.folder or not path.is_dir():
+        if path.parent != self.folder or path.name in ("", ".", "..") or path.is_symlink() or not path.is_dir():
             raise UserError(f"{self.pointer}: names {name}, which is not a checkpoint folder here. The run cannot "
                             "resume from it; start a new run.")
         return path
@@ -106,7 +111,8 @@ class Checkpoints:
     def rows(self, path: Path) -> list[dict[str, Any]]:
         """The metrics rows committed with the checkpoint."""
         try:
-            return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            text = self.files.read_text(path / "metrics.jsonl")
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
         except (OSError, ValueError) as err:
             raise UserError(f"{path / 'metrics.jsonl'}: damaged ({err}). The run cannot resume from it.") from None
 
@@ -119,7 +125,7 @@ class Checkpoints:
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             raise UserError(f"{path}: damaged checkpoint ({str(err).splitlines()[0][:160]}). The run cannot resume "
                             "from it; start a new run.") from None
-        _write_atomically(self.metrics, _jsonl(rows))
+        self.files.write_text(self.metrics, _jsonl(rows), durable=True)
         return rows
 
     # --- writing ---------------------------------------------------------------------------------------
@@ -127,11 +133,15 @@ class Checkpoints:
     def commit(self, accelerator: Any, epoch: int, rows: list[dict[str, Any]], best: bool) -> None:
         """Write epoch `epoch`'s training state and metrics rows as one unit (see the module docstring)."""
         name = f"epoch-{epoch:04d}"
-        tmp, final = self.folder / f".{name}.tmp", self.folder / name
+        final = self.folder / name
+        tmp = self.folder / f".{name}.tmp"  # the name every process agrees on; the main process makes it new
+        made = False
         try:
             if accelerator.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
+                self._clear(tmp, epoch)  # left by a run killed while saving
+                self.files.mkdir(tmp)
+                self.files.record(tmp, whole=True)
+                made = True
             accelerator.wait_for_everyone()
             reached("checkpoint:begin", epoch)
             accelerator.save_state(str(tmp))
@@ -142,29 +152,38 @@ class Checkpoints:
                 self._publish(tmp, final, epoch, rows, best)
         except Exception as err:
             reason = disk_refusal(err, self.folder)  # before the cleanup frees the space
-            if accelerator.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
+            if made:
+                shutil.rmtree(tmp, ignore_errors=True)  # made new above: nothing of the user's is in it
             if reason is None:
                 raise
             raise UserError(self._disk_message(getattr(err, "filename", None), reason, epoch)) from None
         accelerator.wait_for_everyone()
 
     def _publish(self, tmp: Path, final: Path, epoch: int, rows: list[dict[str, Any]], best: bool) -> None:
-        shutil.rmtree(final, ignore_errors=True)  # a stale copy from a run killed before its commit point
+        self._clear(final, epoch)  # a stale copy from a run killed before its commit point
         os.replace(tmp, final)
-        _fsync_dir(self.folder)
+        self.files.adopt(final)
+        fsync_folder(self.folder)
         reached("checkpoint:renamed", epoch)
         if best:
-            link_file(final / "model.safetensors", self.best)
+            self.files.link_or_copy(final / "model.safetensors", self.best)
         reached("checkpoint:best", epoch)
-        _write_atomically(self.pointer, json.dumps({"epoch": epoch, "dir": final.name}) + "\n")
+        self.files.write_text(self.pointer, json.dumps({"epoch": epoch, "dir": final.name}) + "\n", durable=True)
         reached("checkpoint:committed", epoch)
-        _write_atomically(self.metrics, _jsonl(rows))
+        self.files.write_text(self.metrics, _jsonl(rows), durable=True)
         reached("checkpoint:metrics", epoch)
         self.tidy(keep=final.name)
 
+    def _clear(self, path: Path, epoch: int) -> None:
+        """Remove what a killed run left at `path`; refuse when it is not graftune's (a user's folder or a link)."""
+        self.files.remove(path)
+        if path.exists() or path.is_symlink():
+            raise UserError(f"{path}: in the way of the checkpoint of epoch {epoch}, and not a folder graftune "
+                            "wrote; graftune leaves it as it is. Move it out of the run folder and run again.")
+
     def tidy(self, keep: str | None = None) -> None:
-        """Remove temporary folders and epochs other than `keep` (default: the one last.json names)."""
+        """Remove temporary folders and epochs other than `keep` (default: the one last.json names) that graftune
+        wrote; a folder of the user's named like them stays."""
         if not self.folder.is_dir():
             return
         if keep is None:
@@ -172,7 +191,7 @@ class Checkpoints:
             keep = latest.name if latest else None
         for path in self.folder.iterdir():
             if path.is_dir() and path.name != keep and (path.name.startswith("epoch-") or path.name.endswith(".tmp")):
-                shutil.rmtree(path, ignore_errors=True)
+                self.files.remove(path)
 
     def _disk_message(self, filename: str | None, reason: str, epoch: int) -> str:
         latest = self.latest()
@@ -209,44 +228,13 @@ def disk_refusal(err: BaseException, folder: Path) -> str | None:
     return None
 
 
-def link_file(source: Path, target: Path) -> None:
-    """Make `target` hold what `source` holds now: a hard link where the file system has them, else a copy.
-    Later checkpoints are new files in new folders, so the link keeps this version."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
-        if path.is_file():
+        if path.is_file() and not path.is_symlink():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_folder(folder)

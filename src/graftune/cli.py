@@ -286,12 +286,19 @@ def export(
 
 @app.command()
 @user_errors
-def report(run: Annotated[Path, typer.Argument(help="run directory (finished or not)")]) -> None:
+def report(
+    run: Annotated[Path, typer.Argument(help="run directory (finished or not)")],
+    inputs: Annotated[bool, typer.Option("--inputs", help="show the worst test images and clips as thumbnails, read "
+                                         "from the files the run's predictions name (wherever they lie: use it for "
+                                         "your own runs, not for a run folder someone sent you)")] = False,
+) -> None:
     """Write RUN/report.html again from the run folder: curves, stages and rates, the test (confusion matrix,
-    calibration, worst examples; perplexity and samples), forgetting, results and config. Every run writes it."""
+    calibration, worst examples; perplexity and samples), forgetting, results and config. Every run writes it.
+
+    Only files inside the run folder are read, unless --inputs is given."""
     from graftune.report import write_report
 
-    typer.echo(f"report written to {write_report(run)}")
+    typer.echo(f"report written to {write_report(run, read_inputs=inputs)}")
 
 
 @app.command()

@@ -42,9 +42,9 @@ from torch import nn
 
 from graftune.errors import UserError
 from graftune.loop import Batch, StepFn, train_one_epoch
-from graftune.plots import lr_find_plot
+from graftune.plots import lr_find_png
 from graftune.progress import progress_bar
-from graftune.rundir import write_text_atomically
+from graftune.safe_files import Confined
 from graftune.strategies import Stage
 
 BETA = 0.98  # fastai's AvgSmoothLoss
@@ -306,12 +306,11 @@ def output_folder(path: str | Path, overwrite: bool) -> Path:
     return folder
 
 
-def write(finding: Finding, json_path: Path, plot_path: Path) -> None:
-    """lr_find.json and the loss-versus-rate plot."""
-    write_text_atomically(json_path, json.dumps(finding.to_json(), indent=2))
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    lr_find_plot(finding.rates, finding.losses, finding.smoothed, finding.suggestions, finding.rule,
-                 f"Range test, stage {finding.stage}", plot_path)
+def write(finding: Finding, files: Confined, json_path: Path, plot_path: Path) -> None:
+    """lr_find.json and the loss-versus-rate plot, inside the folder `files` guards (a run, or lr-find's --out)."""
+    files.write_text(json_path, json.dumps(finding.to_json(), indent=2))
+    files.write_bytes(plot_path, lr_find_png(finding.rates, finding.losses, finding.smoothed, finding.suggestions,
+                                             finding.rule, f"Range test, stage {finding.stage}"))
 
 
 def _plain(values: list[float]) -> list[float | None]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 CSS = """
@@ -77,23 +75,11 @@ def png_image(data: bytes, alt: str, css: str = "figure") -> str:
     return f'<img class="{css}" alt="{escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
-def png_file(path: Path, alt: str) -> str | None:
-    """A PNG the run already drew, embedded as it is (drawing a figure again costs a few tenths of a second);
-    None when it is not there."""
-    try:
-        return png_image(path.read_bytes(), alt)
-    except FileNotFoundError:
-        return None
-
-
 def figure(fig: Any, alt: str, dpi: int = 90) -> str:
     """A matplotlib figure as an inline PNG; the figure is closed."""
-    import matplotlib.pyplot as plt
+    from graftune.plots import png
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    return png_image(buffer.getvalue(), alt)
+    return png_image(png(fig, dpi), alt)
 
 
 def page(title: str, sections: Sequence[Section], subtitle: str = "") -> str:

@@ -41,6 +41,7 @@ from graftune.data.splits import Splits
 from graftune.errors import UserError
 from graftune.features import Split
 from graftune.run import Permissions, Run
+from graftune.safe_files import Confined
 from graftune.sampling import sorted_batches
 from graftune.settings import BODY_LR, with_absolute_paths
 from graftune.tasks import get_task
@@ -203,16 +204,14 @@ def runnable(task: str, data: str, rec: Recommendation, overrides: list[str]) ->
 def write_plan(plan: dict[str, Any], out: Path) -> None:
     """OUT/plan.json and OUT/plan.yaml (written under temporary names, then renamed)."""
     import json
-    import os
 
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
+    files = Confined(out, "plan folder")
     for name, text in (("plan.json", json.dumps(plan, indent=2)),
                        ("plan.yaml", yaml.safe_dump(plan["config"], sort_keys=False))):
-        temporary = out / f".{name}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, out / name)
+        files.write_text(out / name, text)
 
 
 def show_plan(plan: dict[str, Any], console: Console) -> None:

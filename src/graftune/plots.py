@@ -1,11 +1,12 @@
 """Plots of a run: learning curves of any task, a classifier's test confusion matrix and reliability diagram,
 the rates of every layer group through the stages, and the loss against the rate of a learning-rate range
-test. `*_figure` functions return the matplotlib figure (the report embeds it); the others write PNGs."""
+test. `*_figure` functions return the matplotlib figure (the report embeds it); `*_png` ones its PNG bytes,
+which the caller writes into the run folder (through its safe files, graftune/safe_files.py)."""
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -14,11 +15,17 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 
 
-def learning_curves(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """Training and validation loss per epoch, beside the validation metric that picks the best epoch."""
-    fig = learning_curves_figure(rows, metric)
-    fig.savefig(path, dpi=100)
+def png(fig: Any, dpi: int = 100) -> bytes:
+    """A figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    return buffer.getvalue()
+
+
+def learning_curves_png(rows: list[dict[str, Any]], metric: str) -> bytes:
+    """Training and validation loss per epoch, beside the validation metric that picks the best epoch."""
+    return png(learning_curves_figure(rows, metric))
 
 
 def learning_curves_figure(rows: list[dict[str, Any]], metric: str) -> Any:
@@ -34,10 +41,8 @@ def learning_curves_figure(rows: list[dict[str, Any]], metric: str) -> Any:
     return fig
 
 
-def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path) -> None:
-    fig = confusion_matrix_figure(matrix, labels)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def confusion_matrix_png(matrix: list[list[int]], labels: list[str]) -> bytes:
+    return png(confusion_matrix_figure(matrix, labels))
 
 
 def confusion_matrix_figure(matrix: list[list[int]], labels: list[str]) -> Any:
@@ -99,8 +104,8 @@ def reliability_figure(edges: list[float], accuracy: list[float], confidence: li
     return fig
 
 
-def lr_find_plot(rates: list[float], losses: list[float], smoothed: list[float], suggestions: dict[str, float],
-                 chosen: str, title: str, path: Path) -> None:
+def lr_find_png(rates: list[float], losses: list[float], smoothed: list[float], suggestions: dict[str, float],
+               chosen: str, title: str) -> bytes:
     """Loss against rate on a log axis: each step's loss faintly, the smoothed loss the rules read (which sets
     the vertical range), and the suggested rates as vertical lines (the chosen one solid)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -120,8 +125,7 @@ def lr_find_plot(rates: list[float], losses: list[float], smoothed: list[float],
     ax.set(xlabel="learning rate (optim.lr)", ylabel="training loss", title=plain(title))
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return png(fig)
 
 
 def plain(text: str) -> str:

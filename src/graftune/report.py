@@ -12,50 +12,78 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from graftune.config import Config, load_config
 from graftune.errors import UserError
-from graftune.pages import Section, figure, page, paragraph, png_file, preformatted, table
+from graftune.pages import Section, figure, page, paragraph, png_image, preformatted, table
 from graftune.plots import learning_curves_figure, rates_figure
 from graftune.rundir import MARKER, RunDir
 from graftune.tasks import get_task
 from graftune.tasks.base import Task
 
 
-def write_report(run: str | Path) -> Path:
-    """Write RUN/report.html from what the run folder holds; return its path."""
+def write_report(run: str | Path, read_inputs: bool = False) -> Path:
+    """Write RUN/report.html from what the run folder holds; return its path. With `read_inputs`, the test
+    inputs the prediction rows name (image and clip files, wherever they lie) are read for thumbnails: the run
+    itself passes it for its own data; for a folder someone sent, the rows could name any file of the user's."""
     folder = _report_folder(Path(run))
     settings = load_config(folder.config)
-    splits = folder.read_json(folder.splits) if folder.splits.is_file() else {}
+    splits = _shaped(folder, folder.splits, dict, {})
     task = get_task(settings.task)(settings, _schema(folder, splits))
     rows = folder.read_metrics()
-    strategy = folder.read_json(folder.strategy) if folder.strategy.is_file() else {}
-    results = folder.read_json(folder.results) if folder.results.is_file() else None
+    strategy = _shaped(folder, folder.strategy, dict, {})
+    results = _shaped(folder, folder.results, dict, None)
     predictions = read_predictions(folder) if results is not None and folder.predictions.is_file() else []
-    sections = [_summary(settings, task, rows, splits, results), _curves(settings, task, rows, folder),
-                _stages(rows, strategy)]
-    if results is None:
-        sections.append(Section("Test results", paragraph(
-            f"No results.json yet: the run has not finished. Finish it with graftune train --resume {folder.path}, "
-            "which writes this report again."), "test"))
-    else:
-        sections += task.report_sections(results, predictions, folder.plots)
-        if results.get("forgetting"):
-            sections.append(_forgetting(results["forgetting"]))
-        sections.append(Section("results.json", preformatted(json.dumps(results, indent=2)), "results"))
-    sections.append(Section("config.yaml (the resolved settings)", preformatted(folder.config.read_text()), "config"))
+    try:
+        sections = [_summary(settings, task, rows, splits, results), _curves(settings, task, rows, folder),
+                    _stages(rows, strategy)]
+        if results is None:
+            sections.append(Section("Test results", paragraph(
+                f"No results.json yet: the run has not finished. Finish it with graftune train --resume "
+                f"{folder.path}, which writes this report again."), "test"))
+        else:
+            sections += task.report_sections(results, predictions, partial(_drawn, folder), read_inputs)
+            if results.get("forgetting"):
+                sections.append(_forgetting(results["forgetting"]))
+            sections.append(Section("results.json", preformatted(json.dumps(results, indent=2)), "results"))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise UserError(f"{folder.path}: results.json, metrics.jsonl or strategy.json does not have the shape "
+                        f"graftune writes ({type(err).__name__}: {str(err)[:80]}); no report can be written. Rebuild "
+                        "the results with graftune evaluate, or train the run again.") from None
+    config_text = folder.files.read_text(folder.config)
+    sections.append(Section("config.yaml (the resolved settings)", preformatted(config_text), "config"))
     subtitle = f"{settings.task}, {settings.model.source}; written {time.strftime('%Y-%m-%d %H:%M:%S')} from " \
                f"{folder.path}"
     folder.write_text(folder.report, page(f"graftune run {folder.path.name}", sections, subtitle))
     return folder.report
 
 
+def _shaped(folder: RunDir, path: Path, kind: type, missing: Any) -> Any:
+    """A JSON file of the run, refused by name unless it holds a `kind` (`missing` when it is not there)."""
+    if not path.is_file() and not path.is_symlink():
+        return missing
+    value = folder.read_json(path)
+    if not isinstance(value, kind):
+        raise UserError(f"{path}: damaged (a JSON {type(value).__name__}, not the {kind.__name__} graftune writes); "
+                        "no report can be written.")
+    return value
+
+
+def _drawn(folder: RunDir, name: str) -> bytes | None:
+    """The PNG the run drew as plots/NAME, read inside the run folder only, or None."""
+    try:
+        return folder.files.read_bytes(folder.plots / name)
+    except FileNotFoundError:
+        return None
+
+
 def read_predictions(folder: RunDir) -> list[dict[str, Any]]:
     """The rows of RUN/test_predictions.jsonl, or an error naming the file and line."""
     rows = []
-    for number, line in enumerate(folder.predictions.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(folder.files.read_text(folder.predictions).splitlines(), start=1):
         try:
             row = json.loads(line)
             if not isinstance(row, dict) or not {"label", "predicted", "confidence", "probabilities"} <= set(row):
@@ -70,7 +98,7 @@ def read_predictions(folder: RunDir) -> list[dict[str, Any]]:
 def fresh(drawn: Path, source: Path) -> bool:
     """Whether the run's plot `drawn` was drawn after `source` last changed (a resume adds epochs after it)."""
     try:
-        return drawn.stat().st_mtime >= source.stat().st_mtime
+        return drawn.lstat().st_mtime >= source.lstat().st_mtime
     except FileNotFoundError:
         return False
 
@@ -79,6 +107,7 @@ def _report_folder(path: Path) -> RunDir:
     folder = RunDir(path)
     if not path.is_dir():
         raise UserError(f"{path}: run directory not found.")
+    folder.files.refuse_links()
     if not folder.is_run():
         raise UserError(f"{path}: not a graftune run (no {MARKER} marker); the report is written only into runs "
                         "graftune made.")
@@ -91,7 +120,8 @@ def _schema(folder: RunDir, splits: dict[str, Any]) -> dict[str, Any]:
     """What the model predicts: recorded in data_splits.json at the start, and in the model folder at the end."""
     schema = splits.get("schema") if isinstance(splits, dict) else None
     if not isinstance(schema, dict) and (folder.model / "graftune.json").is_file():
-        schema = folder.read_json(folder.model / "graftune.json").get("schema")
+        info = folder.read_json(folder.model / "graftune.json")
+        schema = info.get("schema") if isinstance(info, dict) else None
     if not isinstance(schema, dict):
         raise UserError(f"{folder.splits}: missing or without the run's schema; no report can be written.")
     return schema
@@ -120,10 +150,11 @@ def _curves(settings: Config, task: Task, rows: list[dict[str, Any]], folder: Ru
     metric = str(settings.train.early_stopping.metric)
     metrics = [m for m in task.metrics if m != "val_loss"]
     columns = ["epoch", "stage", "train_loss", "val_loss", *metrics, "seconds"]
-    drawn = png_file(folder.plots / "learning_curves.png", "learning curves") if fresh(
-        folder.plots / "learning_curves.png", folder.metrics) else None
-    body = (drawn or figure(learning_curves_figure(rows, metric), "learning curves")) + table(
-        columns, [[_cell(row.get(c, "")) for c in columns] for row in rows])
+    drawn = _drawn(folder, "learning_curves.png") if fresh(folder.plots / "learning_curves.png", folder.metrics) \
+        else None
+    curves = png_image(drawn, "learning curves") if drawn else figure(learning_curves_figure(rows, metric),
+                                                                     "learning curves")
+    body = curves + table(columns, [[_cell(row.get(c, "")) for c in columns] for row in rows])
     return Section("Learning curves", body, "curves")
 
 

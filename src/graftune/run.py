@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -50,11 +49,11 @@ from graftune.loop import evaluate
 from graftune.lora import add_lora, merge, save_adapter
 from graftune.lr_find import Finding, RangeTest, Trial, find, kept_random_state, range_test_stage
 from graftune.lr_find import write as write_finding
-from graftune.plots import learning_curves
+from graftune.plots import learning_curves_png
 from graftune.probe import ExactProbe, linear_layer
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.report import write_report
-from graftune.rundir import RunDir, replace_folder
+from graftune.rundir import RunDir
 from graftune.sampling import ShuffledBatches, sorted_batches
 from graftune.settings import load_configured_backbone, resolve_settings, run_preprocess, with_absolute_paths
 from graftune.staging import StageSwitch
@@ -162,7 +161,7 @@ class Run:
 
     @property
     def checkpoints(self) -> Checkpoints:
-        return Checkpoints(self.run_folder.checkpoints, self.run_folder.metrics)
+        return Checkpoints(self.run_folder.checkpoints, self.run_folder.metrics, self.run_folder.files)
 
     # --- setup, one resource at a time ------------------------------------------------------------------
 
@@ -406,7 +405,7 @@ class Run:
                                             "stages": [stage.to_json() for stage in self.stages],
                                             "groups": [group.name for group in self.backbone.groups]})
         if self.finding is not None:
-            write_finding(self.finding, folder.lr_find, folder.plots / "lr_find.png")
+            write_finding(self.finding, folder.files, folder.lr_find, folder.plots / "lr_find.png")
 
     def _announce(self) -> None:
         splits, summary = self.data.splits, parameter_summary(self.model)
@@ -535,24 +534,27 @@ class Run:
         predictions = scores.get("predictions")
         if predictions is not None:
             folder.write_text(folder.predictions, "".join(json.dumps(row) + "\n" for row in predictions))
-        folder.plots.mkdir(exist_ok=True)
-        learning_curves(folder.read_metrics(), metric, folder.plots / "learning_curves.png")
-        self.task.plots(scores["test"], folder.plots)
+        plots = {"learning_curves.png": learning_curves_png(folder.read_metrics(), metric),
+                 **self.task.plots(scores["test"])}
+        for name, png in plots.items():
+            folder.write_bytes(folder.plots / name, png)
         started = time.perf_counter()
-        write_report(folder.path)
+        write_report(folder.path, read_inputs=True)  # the inputs are the data this run has just read
         self.console.print(f"report written to {folder.report} ({time.perf_counter() - started:.2f} s)")
 
     def _save_model(self, model: GraftedModel) -> None:
         """The model folder, written under a temporary name and renamed: never half of one."""
-        staged = self.run_folder.path / ".model.tmp"
-        shutil.rmtree(staged, ignore_errors=True)  # left by a run killed while saving
+        files = self.run_folder.files
+        for stale in self.run_folder.path.glob(".model.*.tmp"):  # left by a run killed while saving
+            files.remove(stale)
+        staged = files.temporary_folder(self.run_folder.path, "model")
         if self.settings.strategy.name == "lora":  # the adapter for sharing, merged weights for plain loading
             save_adapter(model, staged)
             merge(model)
         source = self.settings.model.source
         save_model_folder(staged, model, self.backbone, self.task, self.preprocess,
                           parent=source if source.startswith("run:") else None)
-        replace_folder(staged, self.run_folder.model)
+        files.replace_folder(staged, self.run_folder.model)
 
 
 def find_lr(cfg: Config, console: Console, permissions: Permissions = Permissions(), test: RangeTest = RangeTest(),

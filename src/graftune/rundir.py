@@ -16,11 +16,15 @@
     RUN/before.json          language models: the pre-trained model's test (and retained) scores
     RUN/plots/               learning curves and the task's plots
     RUN/exports/FORMAT/      `graftune export`'s default output (graftune/exporting/)
+    RUN/.graftune-files      the manifest: every file graftune wrote here, one relative path a line
 
 graftune writes only into folders it made: a new run is set up in a hidden sibling folder and moved
 into place once its setup succeeded, so a failed start leaves nothing behind, and `--overwrite`
 removes an old run only then, and only a folder with the marker that holds nothing graftune did not
-write. `--resume` needs the marker and the files a run starts with.
+write, at any depth (the manifest says what it wrote; exports name their files in export.json).
+`--resume` needs the marker and the files a run starts with. Every file is written, read and removed
+through `safe_files.Confined`, and a run folder holding a symbolic link is refused before any command
+works on it: a folder someone sent cannot point graftune's writes, reads or deletions elsewhere.
 """
 
 from __future__ import annotations
@@ -28,14 +32,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from graftune.errors import UserError
+from graftune.safe_files import Confined
 
 MARKER = ".graftune-run"
 MARKER_TEXT = "graftune run directory\n"
-ENTRIES = {MARKER, "config.yaml", "lr_find.json", "data_splits.json", "strategy.json", "metrics.jsonl", "results.json",
+MANIFEST = ".graftune-files"
+EXPORT_RECORD = "export.json"  # an export's own list of the files it wrote (exporting/bundle.py)
+ENTRIES = {MARKER, MANIFEST, "config.yaml", "lr_find.json", "data_splits.json", "strategy.json", "metrics.jsonl",
+           "results.json",
            "resumes.json", "before.json", "model", "checkpoints", "plots", "exports", "test_predictions.jsonl",
            "report.html", "logs"}
 
@@ -43,6 +52,7 @@ ENTRIES = {MARKER, "config.yaml", "lr_find.json", "data_splits.json", "strategy.
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.files = Confined(self.path, "run folder", MANIFEST)
         self.created_parents: list[Path] = []  # a staged run's: the parent folders made for it
 
     config = property(lambda self: self.path / "config.yaml")
@@ -63,21 +73,26 @@ class RunDir:
     # --- what the folder is -----------------------------------------------------------------------------
 
     def is_run(self) -> bool:
-        marker = self.path / MARKER
         try:
-            return marker.is_file() and marker.read_text(errors="replace") == MARKER_TEXT
-        except OSError:
+            return self.files.read_text(self.path / MARKER) == MARKER_TEXT
+        except (OSError, UnicodeDecodeError, UserError):
             return False
 
-    def foreign_entries(self) -> list[str]:
-        """Names in the folder that graftune never writes (its own temporary names aside)."""
-        return sorted(p.name for p in self.path.iterdir()
-                      if p.name not in ENTRIES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    def foreign_files(self) -> list[str]:
+        """Files (and links) in the folder, at any depth, that graftune did not write: not in the manifest, not
+        one of the run's own top-level names, not listed by an export's export.json."""
+        spared = {name for name in ENTRIES if (self.path / name).is_file()}
+        exports = self.path / "exports"
+        if exports.is_dir() and not exports.is_symlink():
+            for record in exports.glob(f"*/{EXPORT_RECORD}"):
+                spared |= _export_files(self.files, record)
+        return self.files.foreign(spared=frozenset(spared))
 
     def require(self) -> RunDir:
         """A finished run, for evaluate, predict and `run:` sources."""
         if not self.path.is_dir():
             raise UserError(f"{self.path}: run directory not found.")
+        self.files.refuse_links()
         if not self.model.is_dir():
             raise UserError(f"{self.path}: no model/ folder: this run has not finished training. "
                             f"Finish it with `graftune train --resume {self.path}`.")
@@ -86,6 +101,7 @@ class RunDir:
     def require_resumable(self) -> RunDir:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: run directory not found.")
+        self.files.refuse_links()
         if not self.is_run():
             raise UserError(f"{self.path}: not a graftune run (no {MARKER} marker); --resume continues only runs "
                             "graftune made, and leaves this folder as it is.")
@@ -109,16 +125,16 @@ class RunDir:
             if not self.is_run():
                 raise UserError(f"{path}: exists and is not a graftune run (no {MARKER} marker); refusing to "
                                 "replace it. Choose another --out.")
-            foreign = self.foreign_entries()
+            foreign = self.foreign_files()
             if foreign:
-                raise UserError(f"{path}: holds files graftune did not write ({', '.join(foreign[:5])}); refusing "
-                                "to delete them with --overwrite. Move them away or choose another --out.")
-        staged = RunDir(path.parent / f".{path.name}.graftune-new")
+                more = f" and {len(foreign) - 8} more" if len(foreign) > 8 else ""
+                raise UserError(f"{path}: holds files graftune did not write ({', '.join(foreign[:8])}{more}); "
+                                "refusing to delete them with --overwrite. Move them away or choose another --out.")
         try:
             created = make_parents(path.parent)
-            shutil.rmtree(staged.path, ignore_errors=True)
-            staged.path.mkdir()
-            (staged.path / MARKER).write_text(MARKER_TEXT)
+            # a unique name: a folder of the user's that happens to look like graftune's is never reused
+            staged = RunDir(tempfile.mkdtemp(prefix=f".{path.name}.graftune-new-", dir=path.parent))
+            staged.files.write_text(staged.path / MARKER, MARKER_TEXT)
         except OSError as err:
             raise UserError(f"{path}: cannot create the run folder ({err.strerror}). Choose another --out.") from None
         staged.created_parents = created
@@ -126,12 +142,13 @@ class RunDir:
 
     def adopt(self, staged: RunDir) -> None:
         """Move a staged run into place, replacing an old run (already checked by `stage`)."""
-        old = self.path.parent / f".{self.path.name}.graftune-old"
-        if self.path.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.path, old)
+        if not self.path.is_dir():
+            os.replace(staged.path, self.path)
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.graftune-old-", dir=self.path.parent))
+        os.replace(self.path, aside / "run")
         os.replace(staged.path, self.path)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def discard(self) -> None:
         """Remove a staged run whose setup failed, and the parent folders made for it."""
@@ -140,45 +157,43 @@ class RunDir:
     # --- files ------------------------------------------------------------------------------------------
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.is_file():
+        if not self.metrics.is_file() and not self.metrics.is_symlink():
             return []
         try:
-            return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
-        except ValueError as err:
+            rows = [json.loads(line) for line in self.files.read_text(self.metrics).splitlines() if line.strip()]
+        except (ValueError, OSError) as err:
             raise UserError(f"{self.metrics}: damaged ({err}).") from None
+        if not all(isinstance(row, dict) for row in rows):
+            raise UserError(f"{self.metrics}: damaged (a line is not a JSON object, as graftune writes them).")
+        return rows
 
     def read_json(self, path: Path) -> Any:
         """A JSON file graftune wrote, or an error that names it."""
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(self.files.read_text(path))
         except FileNotFoundError:
             raise UserError(f"{path}: missing from the run.") from None
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, OSError) as err:
             raise UserError(f"{path}: damaged (not the JSON graftune writes: {err}).") from None
 
     def write_json(self, path: Path, data: Any) -> None:
-        write_text_atomically(path, json.dumps(data, indent=2))
+        self.files.write_text(path, json.dumps(data, indent=2))
 
     def write_text(self, path: Path, text: str) -> None:
-        write_text_atomically(path, text)
+        self.files.write_text(path, text)
+
+    def write_bytes(self, path: Path, data: bytes) -> None:
+        self.files.write_bytes(path, data)
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def replace_folder(staged: Path, final: Path) -> None:
-    """Put a folder written under a temporary name in place of `final`, which may exist."""
-    old = final.with_name(f".{final.name}.old.tmp")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staged, final)
-    shutil.rmtree(old, ignore_errors=True)
+def _export_files(files: Confined, record: Path) -> set[str]:
+    """The files an export's export.json says it wrote, relative to the run folder (none when it is damaged)."""
+    try:
+        names = json.loads(files.read_text(record))["files"]
+        folder = record.parent.relative_to(files.root).as_posix()
+        return {f"{folder}/{name}" for name in names if isinstance(name, str)} | {f"{folder}/{EXPORT_RECORD}"}
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return set()
 
 
 def remove_made(folder: Path, made_parents: list[Path]) -> None:

@@ -47,7 +47,8 @@ from rich.text import Text
 from graftune.api import train
 from graftune.config import Config, as_config, changed_keys
 from graftune.errors import UserError
-from graftune.rundir import RunDir, make_parents, remove_made, write_text_atomically
+from graftune.rundir import RunDir, make_parents, remove_made
+from graftune.safe_files import Confined
 from graftune.settings import load_configured_backbone, monitored_metric, resolve_settings, with_absolute_paths
 from graftune.space import Space, build_space
 from graftune.tasks import get_task
@@ -124,6 +125,7 @@ class StudyDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.files = Confined(self.path, "study folder")
         self.created_parents: list[Path] = []
 
     marker = property(lambda self: self.path / MARKER)
@@ -144,11 +146,13 @@ class StudyDir:
             what = "a graftune run, not a study" if RunDir(path).is_run() else "not a graftune study"
             raise UserError(f"{path}: exists and is {what} (no {MARKER} marker); refusing to write into it. "
                             "Choose another --out.")
+        if path.is_dir():
+            self.files.refuse_links()  # a study someone sent: its database and trials are written in place
 
     def is_study(self) -> bool:
         try:
-            return self.marker.is_file() and self.marker.read_text(errors="replace") == MARKER_TEXT
-        except OSError:
+            return self.files.read_text(self.marker) == MARKER_TEXT
+        except (OSError, UnicodeDecodeError, UserError):
             return False
 
     def create(self) -> bool:
@@ -158,7 +162,7 @@ class StudyDir:
         try:
             self.created_parents = make_parents(self.path.parent)
             self.path.mkdir(exist_ok=True)
-            self.marker.write_text(MARKER_TEXT)
+            self.files.write_text(self.marker, MARKER_TEXT)
         except OSError as err:
             raise UserError(f"{self.path}: cannot create the study folder ({err.strerror}). Choose another --out.") \
                 from None
@@ -343,7 +347,7 @@ def write_outputs(study: optuna.Study, folder: StudyDir, base: Config, metric: s
                   just_finished: Any = None) -> TuneResult:
     """trials.csv and best.yaml as the study now stands (after every trial, so an interrupted study has them)."""
     rows = [trial_row(trial, folder) for trial in study.get_trials(deepcopy=False)]
-    write_text_atomically(folder.table, _csv(rows))
+    folder.files.write_text(folder.table, _csv(rows))
     if just_finished is not None:
         row = rows[just_finished.number]
         value = "" if row["value"] is None else f" {metric} {row['value']:.4f}"
@@ -354,7 +358,7 @@ def write_outputs(study: optuna.Study, folder: StudyDir, base: Config, metric: s
     cfg = base.updated(best.user_attrs["values"], source=f"trial {best.number}")
     header = (f"# graftune tune: trial {best.number} of {folder.path}, best {metric} {best.value:.4f} "
               f"(run: {folder.trial(best.number)})\n")
-    write_text_atomically(folder.best, header + cfg.to_yaml())
+    folder.files.write_text(folder.best, header + cfg.to_yaml())
     return TuneResult(folder.path, best.number, best.value, folder.best, rows)
 
 

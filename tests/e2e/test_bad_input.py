@@ -1190,6 +1190,100 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
         "train.log_with: swanlab is not installed", "pip install swanlab"]
 
 
+# issue 20: links in received run folders, and the user's files inside a run under --overwrite. The link's target
+# lies in the user's folder, so the check below proves it byte for byte untouched.
+
+
+def planted(user: Path, kit: Kit, link: str, target: str = "victim.txt", source: Path | None = None) -> Path:
+    """A copy of a finished run (the image run by default) with `link` replaced by a symbolic link to a file (or,
+    for a name ending in '/', a folder) of the user's outside it."""
+    run = copy(source or kit.image_run, user, "run")
+    outside = user / target
+    if link.endswith("/"):
+        helpers.write_text(outside / "epoch-0001" / "keep.txt", "the user's")
+    else:
+        outside.write_text("the user's own file\n")
+    path = run / link.rstrip("/")
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    path.symlink_to(outside)
+    return run
+
+
+@case("links: report with a planted temporary name")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, ".report.html.tmp")
+    return ["report", run], [str(run / ".report.html.tmp"), "symbolic link", "never follows links"]
+
+
+@case("links: report with a plot linked outside")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, "plots/learning_curves.png", "secret.png")
+    return ["report", run], [str(run / "plots" / "learning_curves.png"), "symbolic link"]
+
+
+@case("links: resume with checkpoints/ linked elsewhere")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, "checkpoints/", "elsewhere")
+    return ["train", "--resume", run, "--epochs", "2", "--trust-code"], [str(run / "checkpoints"), "symbolic link"]
+
+
+@case("links: resume with a planted metrics temporary name")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, ".metrics.jsonl.tmp")
+    return ["train", "--resume", run, "--epochs", "2", "--trust-code"], [str(run / ".metrics.jsonl.tmp"),
+                                                                         "symbolic link"]
+
+
+@case("links: export with exports/ linked elsewhere")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, "exports/", "elsewhere")
+    return ["export", run, "--format", "torchscript", "--trust-code"], [str(run / "exports"), "symbolic link"]
+
+
+@case("links: evaluate with a linked results file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, "results.json", source=kit.text_run)
+    return ["evaluate", run, "--data", kit.text], [str(run / "results.json"), "symbolic link"]
+
+
+@case("links: predict with a linked model file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, "model/graftune.json", source=kit.text_run)
+    return ["predict", run, "--text", "hello"], [str(run / "model" / "graftune.json"), "symbolic link"]
+
+
+@case("links: a run: source with a link")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, "plots/confusion_matrix.png", source=kit.text_run)
+    return (["train", "--task", "text-classification", "--model", f"run:{run}", "--data", kit.text, "--out",
+             user / "child"], [str(run / "plots" / "confusion_matrix.png"), "symbolic link"])
+
+
+@case("overwrite: the user's notes inside plots/")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.image_run, user, "run")
+    helpers.write_text(run / "plots" / "notes.txt", "what I saw in these curves")
+    return image_train(user, kit, "--overwrite"), [str(run), "holds files graftune did not write", "plots/notes.txt"]
+
+
+@case("overwrite: the user's image inside an export")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = copy(kit.text_run, user, "run")
+    helpers.write_text(run / "exports" / "onnx" / "tokenizer" / "mine.txt", "mine")
+    helpers.write_text(run / "exports" / "onnx" / "export.json", json.dumps({"files": ["model.onnx"]}))
+    return text_train(user, kit, "--overwrite"), ["holds files graftune did not write",
+                                                  "exports/onnx/tokenizer/mine.txt"]
+
+
+@case("overwrite: a run with a link inside")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    planted(user, kit, "plots/learning_curves.png")
+    return image_train(user, kit, "--overwrite"), ["holds files graftune did not write", "plots/learning_curves.png"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 

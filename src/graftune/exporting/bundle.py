@@ -17,7 +17,7 @@ export.json) holding no other files; anything else is refused and left as it is.
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from typing import Any
 from graftune.artifacts import FineTuned
 from graftune.errors import UserError
 from graftune.preprocessing import ImagePreprocess, TextPreprocess
-from graftune.rundir import make_parents, remove_made, replace_folder
+from graftune.rundir import make_parents, remove_made
+from graftune.safe_files import Confined
 
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT = 1  # of export.json
@@ -40,7 +41,7 @@ class Staged:
     made_parents: list[Path] = field(default_factory=list)
 
     def commit(self) -> None:
-        replace_folder(self.path, self.final)
+        Confined(self.final.parent, "export's parent folder").replace_folder(self.path, self.final)
 
     def discard(self) -> None:
         remove_made(self.path, self.made_parents)
@@ -63,9 +64,8 @@ def stage(out: Path, overwrite: bool) -> Staged:
                             "to delete them with --overwrite. Move them away or choose another --out.")
     try:
         made = make_parents(out.parent)
-        path = out.parent / f".{out.name}.export.tmp"
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir()
+        # a new, unique name: a folder of the user's named like it is never reused or removed
+        path = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", suffix=".tmp", dir=out.parent))
     except OSError as err:
         raise UserError(f"--out {out}: cannot create the export folder ({err.strerror}). Choose another "
                         "--out.") from None
@@ -73,13 +73,15 @@ def stage(out: Path, overwrite: bool) -> Staged:
 
 
 def _foreign_entries(folder: Path) -> list[str] | None:
-    """Names in a previous export that it did not write; None when the folder is no export of graftune's."""
+    """Files (and links) at any depth of a previous export that it did not write; None when the folder is no
+    export of graftune's."""
+    files = Confined(folder, "export folder")
     try:
-        record = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
-        written = {str(name).split("/")[0] for name in record["files"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(files.read_text(folder / EXPORT_FILE))
+        written = frozenset(str(name) for name in record["files"])
+    except (OSError, ValueError, KeyError, TypeError, UserError):
         return None
-    return sorted(p.name for p in folder.iterdir() if p.name not in written)
+    return [name for name in files.foreign(spared=written)]
 
 
 def write_companions(folder: Path, fine_tuned: FineTuned, tokenizer_dir: str | None) -> None:

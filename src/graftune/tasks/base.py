@@ -179,9 +179,9 @@ class Task(ABC):
     def test_results(self, evaluation: Evaluation) -> dict[str, Any]:
         """The test section of results.json (also what `graftune evaluate` returns)."""
 
-    def plots(self, results: dict[str, Any], folder: Path) -> None:
-        """Task-specific plots of the test results, written into `folder`; none by default."""
-        return None
+    def plots(self, results: dict[str, Any]) -> dict[str, bytes]:
+        """Task-specific plots of the test results: file name in the run's plots/ -> PNG bytes; none by default."""
+        return {}
 
     def report(self, model: nn.Module, preprocess: Preprocess, examples: list[Example]) -> dict[str, Any]:
         """What else the test examples show beyond `test_results` (generated samples, ROUGE); none by default."""
@@ -193,11 +193,13 @@ class Task(ABC):
         return None
 
     def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
-                        plots: Path) -> list[Section]:
+                        plots: Callable[[str], bytes | None], read_inputs: bool) -> list[Section]:
         """The run report's sections on the test: `results` is results.json as the run wrote it (`test`, and
         `before` for a task that evaluates before training), `predictions` the rows of `test_predictions`, `plots`
-        the run's plots folder (figures it drew, to embed rather than draw again); the report adds the run's own
-        sections (graftune/report.py)."""
+        gives a PNG the run drew (by its name in plots/, None when absent) to embed rather than draw again; with
+        `read_inputs` the input files the rows name may be read (thumbnails) — they may lie outside the run folder,
+        so only for the run's own data, never for a received folder unless the user asks; the report adds the run's
+        own sections (graftune/report.py)."""
         return []
 
     def forgetting_examples(self, path: str) -> list[Example] | None:

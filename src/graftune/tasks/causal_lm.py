@@ -181,7 +181,7 @@ class CausalLM(Task):
         return report
 
     def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
-                        plots: Path) -> list[Section]:
+                        plots: Callable[[str], bytes | None], read_inputs: bool) -> list[Section]:
         """Held-out perplexity (and ROUGE) before and after fine-tuning; the samples generated from the first test
         prompts by both models."""
         from graftune.pages import escape, paragraph, table

@@ -13,6 +13,8 @@ against the rest, averaged over the classes present; for two classes, of the sec
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -181,10 +183,10 @@ class Classification(Task):
                if "threshold" in self.schema and len(y_true) else {}),
         }
 
-    def plots(self, results: dict[str, Any], folder: Path) -> None:
-        from graftune.plots import confusion_matrix_plot
+    def plots(self, results: dict[str, Any]) -> dict[str, bytes]:
+        from graftune.plots import confusion_matrix_png
 
-        confusion_matrix_plot(results["confusion_matrix"], self.labels, folder / "confusion_matrix.png")
+        return {"confusion_matrix.png": confusion_matrix_png(results["confusion_matrix"], self.labels)}
 
     def test_predictions(self, evaluation: Evaluation, examples: list[Example]) -> list[dict[str, Any]] | None:
         """Per test example: where it came from, its input (a text, cut at TEXT_KEPT characters, or a file's
@@ -200,8 +202,10 @@ class Classification(Task):
         return rows
 
     def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
-                        plots: Path) -> list[Section]:
-        return classification_sections(results["test"], predictions, self.example_cell, plots)
+                        plots: Callable[[str], bytes | None], read_inputs: bool) -> list[Section]:
+        # without read_inputs, a file input shows as its path: Classification's cell reads nothing
+        cell = self.example_cell if read_inputs else partial(Classification.example_cell, self)
+        return classification_sections(results["test"], predictions, cell, plots("confusion_matrix.png"))
 
     def example_cell(self, row: dict[str, Any]) -> str:
         """How the report shows one test example: a text's first words (images and clips: a thumbnail)."""

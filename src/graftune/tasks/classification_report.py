@@ -5,13 +5,12 @@ RUN/test_predictions.jsonl."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from graftune.calibration import reliability
-from graftune.pages import Section, escape, figure, paragraph, png_file, table
+from graftune.pages import Section, escape, figure, paragraph, png_image, table
 from graftune.plots import confusion_matrix_figure, reliability_figure
 
 WORST = 8  # mistakes shown
@@ -19,10 +18,10 @@ BINS = 10  # equal-width confidence bins of the reliability diagram
 
 
 def classification_sections(test: dict[str, Any], predictions: list[dict[str, Any]],
-                            example_cell: Callable[[dict[str, Any]], str], plots: Path) -> list[Section]:
+                            example_cell: Callable[[dict[str, Any]], str], drawn: bytes | None) -> list[Section]:
     """The sections, in reading order; calibration and mistakes only when the run wrote its test predictions.
-    The confusion matrix is the run's plots/confusion_matrix.png when it is there."""
-    sections = [confusion_section(test, plots / "confusion_matrix.png"), per_class_section(test)]
+    The confusion matrix is the one the run drew (`drawn`, PNG bytes) when it is there."""
+    sections = [confusion_section(test, drawn), per_class_section(test)]
     if predictions:
         sections += [calibration_section(predictions), worst_section(predictions, example_cell)]
     else:
@@ -32,10 +31,10 @@ def classification_sections(test: dict[str, Any], predictions: list[dict[str, An
     return sections
 
 
-def confusion_section(test: dict[str, Any], drawn: Path) -> Section:
+def confusion_section(test: dict[str, Any], drawn: bytes | None) -> Section:
     labels, matrix = test["labels"], test["confusion_matrix"]
-    image = png_file(drawn, "test confusion matrix") or figure(confusion_matrix_figure(matrix, labels),
-                                                               "test confusion matrix")
+    image = png_image(drawn, "test confusion matrix") if drawn else figure(
+        confusion_matrix_figure(matrix, labels), "test confusion matrix")
     rows = [[label, *counts, sum(counts)] for label, counts in zip(labels, matrix, strict=True)]
     rows.append(["all", *[sum(column) for column in zip(*matrix, strict=True)], sum(map(sum, matrix))])
     body = (paragraph(f"{test['examples']} test examples; rows are the true labels, columns the predicted ones "
