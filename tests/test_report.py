@@ -251,6 +251,24 @@ def test_an_image_mistake_is_a_thumbnail(image_run: Path) -> None:
         assert 'class="thumb"' in worst and "data:image/png;base64," in worst
 
 
+def test_a_received_runs_report_reads_no_file_its_rows_name_unless_asked(image_run: Path, tmp_path: Path) -> None:
+    """Prediction rows of a folder someone sent may name any file of the user's: `graftune report` embeds none of
+    them without --inputs, so the page it writes (and is passed on) holds nothing from outside the run."""
+    run = tmp_path / "received"
+    shutil.copytree(image_run, run)
+    secret = helpers.write_png(tmp_path / "private" / "secret.png", size=(40, 20))
+    rows = [{**row, "input": str(secret), "predicted": row["label"] + "x" if row["predicted"] == row["label"]
+             else row["predicted"]} for row in predictions(image_run)]
+    (run / "test_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, output = run_cli("report", str(run))
+    assert code == 0, output
+    worst = (run / "report.html").read_text().split('id="worst"')[1]
+    assert 'class="thumb"' not in worst and str(secret) in worst  # named, not read
+    code, output = run_cli("report", str(run), "--inputs")
+    assert code == 0, output
+    assert 'class="thumb"' in (run / "report.html").read_text().split('id="worst"')[1]
+
+
 @pytest.mark.parametrize("task", ["image-classification", "video-classification"])
 def test_a_file_example_is_a_thumbnail_or_a_note_when_gone(task: str, tmp_path: Path) -> None:
     """Images show themselves, clips their middle frame; a file moved since the run is named, not an error."""

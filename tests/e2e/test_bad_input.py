@@ -1178,6 +1178,30 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return ["report", run], [f"{run / 'test_predictions.jsonl'}:2", "damaged", "not a prediction row"]
 
 
+@case("report: results.json of another shape")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "results.json", "[1, 2]")
+    return ["report", run], [str(run / "results.json"), "not the dict graftune writes"]
+
+
+@case("report: results.json whose test section is no table")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "results.json", json.dumps({"test": 5}))
+    return ["report", run], [str(run), "does not have the shape graftune writes"]
+
+
+@case("report: metrics.jsonl rows that are no objects")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "metrics.jsonl", "[1]\n")
+    return ["report", run], [str(run / "metrics.jsonl"), "not a JSON object"]
+
+
+@case("report: strategy.json of another shape")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "strategy.json", '"full"')
+    return ["report", run], [str(run / "strategy.json"), "not the dict graftune writes"]
+
+
 @case("train.log_with: an unknown tracker")
 def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return text_train(user, kit, "--set", "train.log_with=tensorbord"), [
