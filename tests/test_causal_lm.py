@@ -15,7 +15,9 @@ import torch
 from rich.console import Console
 
 import graftune
-from graftune.errors import InputWarning
+from graftune.config import DataConfig
+from graftune.data.corpus import read_texts
+from graftune.errors import InputWarning, UserError
 from graftune.tasks.lm_batches import collate_sequences, pack_documents, pair_sequence
 
 QUIET = Console(quiet=True)
@@ -218,3 +220,28 @@ def test_decoder_layer_groups_are_embeddings_blocks_and_final_norm(family: str, 
     assert names == ["stem", f"{block}0", f"{block}1", f"{block}2", "tail"], names
     assert all("emb" in param or "wte" in param or "wpe" in param for param in backbone.groups[0].params)
     assert backbone.produces == "logits"
+
+
+# --- issue 20: data edges ------------------------------------------------------------------------------------
+
+
+def test_files_a_corpus_folder_does_not_read_are_counted_in_a_warning(tmp_path: Path) -> None:
+    helpers.write_text(tmp_path / "a.txt", "a document")
+    helpers.write_text(tmp_path / "notes.md", "# not read")
+    helpers.write_text(tmp_path / "more" / "b.rst", "not read either")
+    with pytest.warns(InputWarning, match=r"left out 2 files that are not \.txt \(1 \.md, 1 \.rst;"):
+        assert [e.input for e in read_texts(tmp_path, "corpus", DataConfig(train=str(tmp_path)))] == ["a document"]
+
+
+def test_a_completion_that_is_not_text_is_refused_as_such(tmp_path: Path) -> None:
+    """A list was trained on as its Python repr; 0 was called empty."""
+    path = tmp_path / "pairs.jsonl"
+    for completion, shown in ((["a", "b"], '["a", "b"]'), (0, "is 0, not text"), (False, "is false, not text")):
+        path.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" +
+                        json.dumps({"prompt": "q", "completion": completion}) + "\n")
+        with pytest.raises(UserError) as info:
+            read_texts(path, "pairs", DataConfig(train=str(path)))
+        assert f"{path}:2" in str(info.value) and shown in str(info.value) and "empty" not in str(info.value)
+    path.write_text(json.dumps({"prompt": "q", "completion": " "}) + "\n")
+    with pytest.raises(UserError, match=r"pairs.jsonl:1: empty completion \(column 'completion'\)"):
+        read_texts(path, "pairs", DataConfig(train=str(path)))

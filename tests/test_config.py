@@ -215,3 +215,15 @@ def test_yes_no_on_off_are_strings_as_in_yaml_1_2(tmp_path: Path) -> None:
     assert cfg.data.augment is False and cfg.data.chat_template is True  # pydantic still reads off/on as booleans
     assert load_config(None, ["task=text-classification", "model.source=x", "data.train=y",
                               "train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+def test_true_and_false_are_not_numbers(tmp_path: Path) -> None:
+    """pydantic's lax mode reads true as 1: `batch_size: true` would train with batches of one."""
+    path = write(tmp_path, MINIMAL + "train:\n  batch_size: true\n")
+    message = error_of(path)
+    assert f"{path}:7" in message and "'train.batch_size'" in message and "not true or false" in message
+    for override in ("optim.weight_decay=false", "head.hidden=[true]", "data.image_size=true",
+                     "train.num_workers=true"):
+        assert "not true or false" in error_of(write(tmp_path, MINIMAL), overrides=[override]), override
+    cfg = load_config(write(tmp_path, MINIMAL), overrides=["data.chat_template=true", "train.batch_size=4"])
+    assert cfg.data.chat_template is True and cfg.train.batch_size == 4  # booleans still fill boolean keys

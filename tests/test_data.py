@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import helpers
@@ -12,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from graftune.config import DataConfig, SplitConfig
 from graftune.data.images import center_crop, image_tensor, open_rgb, random_resized_crop, to_tensor
 from graftune.data.readers import Example, read_examples, split_folders
 from graftune.data.record import record
-from graftune.data.splits import Splits, check_labels, stratified_split
+from graftune.data.splits import Splits, check_labels, read_splits, stratified_split
 from graftune.errors import InputWarning, UserError
 from graftune.preprocessing import ImagePreprocess
 
@@ -351,3 +353,63 @@ def test_a_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
         read_examples(tmp_path, "image")
     with pytest.raises(UserError, match=f"{image}: .*Resize the image"):
         open_rgb(str(image))
+
+
+# --- issue 20: data edges ------------------------------------------------------------------------------------
+
+
+def test_a_label_that_is_a_list_object_or_fraction_is_refused(tmp_path: Path) -> None:
+    """A list label would become a class named "['business']"; 1.0 and 1 would be two classes."""
+    path = tmp_path / "news.jsonl"
+    for label, fragment in ((["business"], "is a list"), ({"topic": "sport"}, "is an object"),
+                            (0.5, "is the number 0.5")):
+        path.write_text(json.dumps({"text": "fine", "label": "a"}) + "\n" + json.dumps({"text": "odd", "label": label}))
+        message = user_error(path, "text")
+        assert f"{path}:2" in message and fragment in message and "one string label" in message, message
+        assert ("multi-label classification is not supported" in message) == isinstance(label, list)
+    path.write_text("".join(json.dumps({"text": f"t{i}", "label": label}) + "\n" for i, label in enumerate([3, True])))
+    assert [e.label for e in read_examples(path, "text")] == ["3", "True"]  # whole numbers and booleans name classes
+
+
+def test_an_excel_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark, which UTF-8 read as part of the first column's name."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes("text,label\r\ncafé,a\r\nbar,b\r\n".encode("utf-8-sig"))
+    assert [(e.input, e.label) for e in read_examples(path, "text")] == [("café", "a"), ("bar", "b")]
+    jsonl = tmp_path / "excel.jsonl"
+    jsonl.write_bytes('{"text": "café", "label": "a"}\n'.encode("utf-8-sig"))
+    assert read_examples(jsonl, "text")[0].label == "a"
+
+
+def test_an_empty_class_folder_is_named_in_a_warning(tmp_path: Path) -> None:
+    helpers.write_text(tmp_path / "a" / "1.txt", "one")
+    helpers.write_text(tmp_path / "b" / "1.txt", "two")
+    (tmp_path / "c").mkdir()
+    with pytest.warns(InputWarning, match=r"ignored 1 empty class folder\(s\): c\."):
+        assert {e.label for e in read_examples(tmp_path, "text")} == {"a", "b"}
+
+
+def test_a_32_bit_integer_image_keeps_its_range(tmp_path: Path) -> None:
+    """A mode-I TIFF holding 0-255 was scaled as 16-bit, so it read as black."""
+    ramp = np.arange(64, dtype=np.int32).reshape(8, 8) * 4  # 0 .. 252
+    Image.fromarray(ramp).save(tmp_path / "wide.tif")
+    Image.fromarray(ramp * 257).save(tmp_path / "sixteen.tif")  # 16-bit values stored in 32 bits
+    for name in ("wide.tif", "sixteen.tif"):
+        grey = np.asarray(open_rgb(str(tmp_path / name)), dtype=np.float64)[..., 0]
+        assert np.abs(grey - ramp).max() <= 1, name
+
+
+def test_held_out_data_that_is_the_training_data(tmp_path: Path) -> None:
+    """Test scores on the training examples say nothing: the same path is refused, a copy is warned about."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(8)))
+    with pytest.raises(UserError, match=r"data.test \(.*train.csv\) is the training data"):
+        read_splits(DataConfig(train=str(train), test=str(tmp_path / "." / "train.csv")), "text")
+    copy = tmp_path / "copy.csv"
+    copy.write_text(train.read_text())
+    with pytest.warns(InputWarning, match=r"8 of 8 test examples are also in the training data .*copy.csv:2"):
+        read_splits(DataConfig(train=str(train), test=str(copy)), "text")
+    images = helpers.write_colour_folders(tmp_path / "images", per_class=3)
+    shutil.copytree(images, tmp_path / "val")
+    with pytest.warns(InputWarning, match=r"9 of 9 val examples are also in the training data"):
+        read_splits(DataConfig(train=str(images), val=str(tmp_path / "val"), split=SplitConfig(test=0.0)), "image")

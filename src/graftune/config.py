@@ -18,11 +18,13 @@ import codecs
 import copy
 import math
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from graftune.errors import UserError, closest
 from graftune.tasks import task_names
@@ -36,6 +38,36 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored; values never change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic's lax mode reads true as 1, so `batch_size: true` would train with batches of one: a number
+        field (or list of numbers) that does not also take true/false refuses them."""
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        given = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in given) and _takes_numbers(annotation) and not _takes_bool(annotation):
+            raise ValueError("expected a number, not true or false")
+        return value
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types of a union (int | None -> int, None), or the annotation alone."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return typing.get_args(annotation) if union else (annotation,)
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field's type has int or float in it, itself or as the items of a list."""
+    for member in _members(annotation):
+        items = typing.get_args(member)[0] if typing.get_origin(member) is list else None
+        if member in (int, float) or (items is not None and _takes_numbers(items)):
+            return True
+    return False
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return bool in _members(annotation)
 
 
 class ModelConfig(Section):

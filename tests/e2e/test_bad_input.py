@@ -1308,6 +1308,57 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return image_train(user, kit, "--overwrite"), ["holds files graftune did not write", "plots/learning_curves.png"]
 
 
+# issue 20: data edges
+
+
+@case("a JSONL label that is a list")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "news.jsonl", '{"text": "fine", "label": "sport"}\n{"text": "odd", "label": ["business"]}\n')
+    return table_train(user, kit, path), [f"{path}:2", "is a list", "multi-label classification is not supported",
+                                          "one string label"]
+
+
+@case("a JSONL label that is a fraction")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "news.jsonl", '{"text": "fine", "label": 1}\n{"text": "odd", "label": 0.5}\n')
+    return table_train(user, kit, path), [f"{path}:2", "is the number 0.5", "a string, or a whole number"]
+
+
+@case("test data that is the training data")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = text_train(user, kit)
+    data = args[args.index("--data") + 1]
+    return [*args, "--data", f"test={data}"], [f"data.test ({data}) is the training data", "held-out data"]
+
+
+@case("causal-lm: every prompt fills a block")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    long = " ".join(["word"] * 40)
+    rows = "".join(f'{{"prompt": "{long} {i}", "completion": "c{i}"}}\n' for i in range(9))
+    path = table(user, "pairs.jsonl", rows)
+    return lm_train(user, kit, path), ["pairs were left out: each prompt fills a block of 32 tokens", f"{path}:",
+                                       "Nothing to train on or score", "raise data.block_size"]
+
+
+@case("causal-lm: a completion that is a list")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "pairs.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": ["d"]}\n')
+    return lm_train(user, kit, path), [f"{path}:2", "the completion (column 'completion') is [\"d\"], not text"]
+
+
+@case("causal-lm: a completion that is the number 0")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "pairs.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": 0}\n')
+    return lm_train(user, kit, path), [f"{path}:2", "is 0, not text", "a JSON string"]
+
+
+@case("train.batch_size: true")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    config = write_config(user, f"task: text-classification\nmodel:\n  source: hf:{kit.bert}\ndata:\n"
+                                f"  train: {kit.text}\ntrain:\n  batch_size: true\n")
+    return ["train", config, "--out", user / "run"], [f"{config}:7", "train.batch_size", "not true or false"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ file with a prompt and a completion column. Every example remembers its file or 
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -67,7 +69,11 @@ def split_documents(examples: list[Example], val: float, test: float, seed: int)
 
 
 def _files(folder: Path, data: DataConfig) -> list[Example]:
-    files = sorted(p for p in folder.rglob("*.txt") if p.is_file() and not p.name.startswith("."))
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = [p for p in found if p.suffix.lower() == ".txt"]
+    others = Counter(p.suffix.lower() or "(none)" for p in found if p.suffix.lower() != ".txt")
+    _warn_dropped(others.total(), f"files that are not .txt ({', '.join(f'{n} {s}' for s, n in sorted(others.items()))}"
+                  "; a corpus folder holds one .txt document per file)", folder)
     examples = [Example(text, "", str(file)) for file in files if (text := decode_text(file, data.encoding)).strip()]
     _warn_dropped(len(files) - len(examples), "empty .txt files", folder)
     return examples
@@ -117,11 +123,22 @@ def _pairs(path: Path, data: DataConfig) -> list[Example]:
             if key not in row:
                 raise UserError(f"{path}:{line}: no column '{key}'.{closest(key, row)} Columns: {', '.join(row)}. Set "
                                 "data.prompt_column / data.completion_column.")
-        prompt, completion = (str(row[key] or "") for key in (data.prompt_column, data.completion_column))
-        if not prompt.strip() or not completion.strip():
-            raise UserError(f"{path}:{line}: empty {'prompt' if not prompt.strip() else 'completion'}.")
-        examples.append(Example(prompt, completion, f"{path}:{line}"))
+        where = f"{path}:{line}"
+        prompt = _pair_text(row[data.prompt_column], "prompt", data.prompt_column, where)
+        completion = _pair_text(row[data.completion_column], "completion", data.completion_column, where)
+        examples.append(Example(prompt, completion, where))
     return examples
+
+
+def _pair_text(value: object, role: str, column: str, where: str) -> str:
+    """A prompt or completion: text, never the Python form of a JSON number, list or object (a model would learn
+    to write "['a', 'b']"); 0 or false is not empty but not text either."""
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{where}: the {role} (column '{column}') is {json.dumps(value)[:60]}, not text. Write it as "
+                        "a JSON string in quotes.")
+    if value is None or not value.strip():
+        raise UserError(f"{where}: empty {role} (column '{column}'). Give it text, or remove the line.")
+    return value
 
 
 def _warn_dropped(count: int, what: str, where: Path) -> None:

@@ -32,23 +32,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB with the image's full range kept: PIL's own conversion clips 16-bit and 32-bit integer
     greys at 255 (nearly all white) and truncates float greys in [0, 1] to 0 or 1 (nearly all black).
 
-    16-bit greys are scaled by 255/65535; 32-bit integers likewise when they fit 16 bits, else by their
-    maximum; float greys by 255 when they lie in [0, 1], as they are when 255 is their maximum, else by
-    their maximum. Palettes with transparency go through RGBA, as PIL asks.
+    16-bit greys are scaled by 255/65535. A 32-bit integer file says nothing of its values' range, so they
+    are scaled by the smallest of 255 and 65535 that holds them (8-bit or 16-bit data stored wide), else by
+    their maximum. Float greys likewise by 1 or 255, else by their maximum. Palettes with transparency go
+    through RGBA, as PIL asks.
     """
     mode = image.mode
     if mode.startswith("I") or mode == "F":
         values = np.asarray(image, dtype=np.float64)
         peak = float(values.max()) if values.size else 0.0
-        if mode == "F":
-            full = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else peak
-        else:
-            full = 65535.0 if mode.startswith("I;16") or peak <= 65535 else peak
+        full = _white(image, peak)
         grey = np.clip(np.round(values / max(full, 1e-12) * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
         return image.convert("RGBA").convert("RGB")
     return image.convert("RGB")
+
+
+def _white(image: Image.Image, peak: float) -> float:
+    """The value that is white in an integer or float grey image whose largest value is `peak`."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        return 65535.0  # 16 bits by the file (PNG has no 32-bit greys; older Pillow opens 16-bit ones as I)
+    steps = (1.0, 255.0) if image.mode == "F" else (255.0, 65535.0)
+    return next((full for full in steps if peak <= full), peak)
 
 
 def crop_box(image_size: tuple[int, int], scale: tuple[float, float] = (0.35, 1.0),

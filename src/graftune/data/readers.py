@@ -10,6 +10,7 @@ out and counted in one warning instead.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import warnings
@@ -131,8 +132,9 @@ def _read_folder(root: Path, modality: Modality, encoding: str, skipped: list[st
     if not class_dirs:
         raise UserError(f"{root}: no class folders. Put each example in ROOT/LABEL/ (one folder per label).")
     suffixes = _suffixes(modality)
-    for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files_of = {d: sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")) for d in class_dirs}
+    _warn_empty_classes([d for d, files in files_of.items() if not files], root)
+    for class_dir, files in files_of.items():
         usable = [f for f in files if f.suffix.lower() in suffixes]
         others = Counter(f.suffix.lower() or "(none)" for f in files if f.suffix.lower() not in suffixes)
         kinds = ", ".join(f"{count} {suffix}" for suffix, count in sorted(others.items()))
@@ -151,6 +153,14 @@ def _read_folder(root: Path, modality: Modality, encoding: str, skipped: list[st
             if checked is not None:
                 examples.append(Example(checked, class_dir.name, str(file)))
     return examples
+
+
+def _warn_empty_classes(empty: list[Path], root: Path) -> None:
+    """An empty folder is no class: say so, since a class the user expected would otherwise just be missing."""
+    if empty:
+        names = ", ".join(d.name for d in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        warnings.warn(f"{root}: ignored {len(empty)} empty class folder(s): {names}. Put examples in them, or "
+                      "remove them.", InputWarning, stacklevel=4)
 
 
 def _unless_skipped(check: Callable[[], str], skipped: list[str] | None) -> str | None:
@@ -210,13 +220,27 @@ def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | No
         if label_column not in row:
             raise UserError(f"{where}: no column '{label_column}'.{closest(label_column, row)} Columns: "
                             f"{', '.join(row)}. Set data.label_column.")
-        label = row[label_column]
-        if label is None or str(label).strip() == "":
-            raise UserError(f"{where}: empty label in column '{label_column}'.")
+        label = _label_of(row[label_column], label_column, where)
         value = _input_of(row, line, path, modality, input_column, skipped)
         if value is not None:
-            examples.append(Example(value, str(label).strip(), where))
+            examples.append(Example(value, label, where))
     return examples
+
+
+def _label_of(value: object, column: str, where: str) -> str:
+    """One class name from a label cell: a string, or a whole number or boolean of JSON (classes "3", "True").
+    A list would become a class named "['a', 'b']", and a fraction is a score, not a class (and 1.0 and 1
+    would be two classes), so they are refused."""
+    if isinstance(value, list):
+        raise UserError(f"{where}: the label in column '{column}' is a list ({json.dumps(value)[:60]}); multi-label "
+                        "classification is not supported by this task. Give one string label per example.")
+    if not (value is None or isinstance(value, str | int)):  # bool is an int
+        kind = "an object" if isinstance(value, dict) else f"the number {value}"
+        raise UserError(f"{where}: the label in column '{column}' is {kind}; a class label is a string, or a whole "
+                        "number written without a decimal point. Give one string label per example.")
+    if value is None or str(value).strip() == "":
+        raise UserError(f"{where}: empty label in column '{column}'.")
+    return str(value).strip()
 
 
 def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality, input_column: str | None,
@@ -259,10 +283,16 @@ def _rows(path: Path, fmt: str, encoding: str) -> list[tuple[int, dict[str, obje
         raise UserError(_not_decodable(path, encoding, err)) from None
 
 
+def _without_bom(encoding: str) -> str:
+    """UTF-8 that drops a leading byte-order mark: Excel's "CSV UTF-8" starts with one, which plain UTF-8 reads
+    as part of the first column's name (and JSON refuses)."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
 def _csv_rows(path: Path, encoding: str) -> list[tuple[int, dict[str, object]]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     rows = []
-    with path.open(newline="", encoding=encoding) as handle:
+    with path.open(newline="", encoding=_without_bom(encoding)) as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         try:
             if not reader.fieldnames:
@@ -278,7 +308,7 @@ def _csv_rows(path: Path, encoding: str) -> list[tuple[int, dict[str, object]]]:
 
 def _jsonl_rows(path: Path, encoding: str) -> list[tuple[int, dict[str, object]]]:
     rows = []
-    for number, text in enumerate(path.read_text(encoding=encoding).splitlines(), start=1):
+    for number, text in enumerate(path.read_text(encoding=_without_bom(encoding)).splitlines(), start=1):
         if not text.strip():
             continue
         try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from graftune.config import DataConfig
 from graftune.data.readers import Example, read_examples, split_folders
-from graftune.errors import UserError
+from graftune.errors import InputWarning, UserError
 from graftune.preprocessing import Modality
 
 
@@ -38,9 +41,11 @@ def read_splits(data: DataConfig, modality: Modality) -> Splits:
     if folders:
         paths = {"train": folders["train"], "val": data.val or folders.get("val"),
                  "test": data.test or folders.get("test")}
+    refuse_training_data_held_out(paths)
     train = read(paths["train"])  # type: ignore[arg-type]
     val = read(paths["val"]) if paths["val"] else None
     test = read(paths["test"]) if paths["test"] else None
+    warn_held_out_overlap(train, {"val": val, "test": test}, modality)
     seed, val_frac, test_frac = data.split.seed, data.split.val, data.split.test
     if val is None and test is None:
         splits = stratified_split(train, val_frac, test_frac, seed)
@@ -56,6 +61,38 @@ def read_splits(data: DataConfig, modality: Modality) -> Splits:
         raise UserError("data: no validation examples. Give data.val or set data.split.val above 0.")
     check_labels(splits, {k: str(v) for k, v in paths.items() if v})
     return splits
+
+
+def refuse_training_data_held_out(paths: Mapping[str, str | Path | None]) -> None:
+    """data.val or data.test naming the training data itself: its scores would measure memory, not the model."""
+    train = Path(paths["train"]).resolve()  # type: ignore[arg-type]
+    for name in ("val", "test"):
+        given = paths.get(name)
+        if given and Path(given).resolve() == train:
+            raise UserError(f"data.{name} ({given}) is the training data (data.train: {paths['train']}): scores on "
+                            "examples the model trained on say nothing about new data. Give held-out data, or leave "
+                            f"data.{name} unset to split it off the training data.")
+
+
+def warn_held_out_overlap(train: list[Example], held: Mapping[str, list[Example] | None], modality: Modality) -> None:
+    """Given val or test data that repeats training examples (a copied file or folder): warn with the count, since
+    its scores overstate how the model does on new data. Duplicates inside one data set that a split spreads
+    over train and test are the user's data, and not checked here."""
+    seen = {_content(e, modality) for e in train}
+    for name, part in held.items():
+        repeated = [e for e in part or [] if _content(e, modality) in seen]
+        if repeated:
+            warnings.warn(f"{len(repeated)} of {len(part or [])} {name} examples are also in the training data (same "
+                          f"content and label; first: {repeated[0].where}): {name} scores on them say nothing about "
+                          "new data. Remove them from one of the two.", InputWarning, stacklevel=3)
+
+
+def _content(example: Example, modality: Modality) -> tuple[str, str]:
+    """An example's label and content (its text, or a digest of its file: a copied folder has other paths)."""
+    if modality == "text":
+        return example.label, example.input
+    with open(example.input, "rb") as handle:
+        return example.label, hashlib.file_digest(handle, "blake2b").hexdigest()
 
 
 def stratified_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:

@@ -29,7 +29,7 @@ from graftune.backbones.base import Backbone
 from graftune.config import Config, DataConfig
 from graftune.data.corpus import Form, corpus_form, read_texts, split_documents
 from graftune.data.readers import Example
-from graftune.data.splits import Splits
+from graftune.data.splits import Splits, refuse_training_data_held_out, warn_held_out_overlap
 from graftune.errors import InputWarning, UserError
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
@@ -61,9 +61,11 @@ class CausalLM(Task):
     @classmethod
     def read_data(cls, data: DataConfig) -> TaskData:
         form = corpus_form(data)
+        refuse_training_data_held_out({"train": data.train, "val": data.val, "test": data.test})
         train = read_texts(data.train, form, data)
         val = read_texts(data.val, form, data) if data.val else None
         test = read_texts(data.test, form, data) if data.test else None
+        warn_held_out_overlap(train, {"val": val, "test": test}, "text")
         if val is None or test is None:
             split = split_documents(train, 0.0 if val is not None else data.split.val,
                                     0.0 if test is not None else data.split.test, data.split.seed)
@@ -111,9 +113,7 @@ class CausalLM(Task):
         sequences = [(e.where, pair_sequence(self.prompt_ids(tokenizer, e.input), self.completion_ids(tokenizer, e),
                                              block)) for e in examples]
         kept: list[Item] = [(where, sequence) for where, sequence in sequences if sequence is not None]
-        if len(kept) < len(sequences):
-            warnings.warn(f"left out {len(sequences) - len(kept)} of {len(sequences)} pairs whose prompt fills a "
-                          f"block of {block} tokens (data.block_size).", InputWarning, stacklevel=2)
+        _check_left_out([where for where, sequence in sequences if sequence is None], len(sequences), block)
         return kept
 
     def prompt_ids(self, tokenizer: Any, prompt: str) -> list[int]:
@@ -294,6 +294,21 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
                                                                                     strict=True)]
     return {key: float(sum(s[key].fmeasure for s in scores) / max(1, len(scores))) for key in
             ("rouge1", "rouge2", "rougeL")}
+
+
+def _check_left_out(left_out: list[str], count: int, block: int) -> None:
+    """A pair whose prompt fills a block has no completion token to learn or score: warn when some are left out;
+    when all are, the split has nothing to train on or score, and a perplexity of 1.00 on 0 tokens would look
+    like success, so refuse."""
+    if not left_out:
+        return
+    block_is = f"a block of {block} tokens (data.block_size, at most the model's length)"
+    if len(left_out) == count:
+        raise UserError(f"all {count} pairs were left out: each prompt fills {block_is}, leaving no room for its "
+                        f"completion (first: {left_out[0]}). Nothing to train on or score: raise data.block_size, or "
+                        "shorten the prompts.")
+    warnings.warn(f"left out {len(left_out)} of {count} pairs whose prompt fills {block_is} (first: {left_out[0]}).",
+                  InputWarning, stacklevel=3)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
