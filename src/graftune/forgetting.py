@@ -63,7 +63,8 @@ class OriginalTask:
         items = task.items(self.examples, preprocess)
         loader = accelerator.prepare_data_loader(eval_loader(items, task.collate(preprocess),
                                                              eval_batches(task, items, preprocess, 64)))
-        results = task.test_results(evaluate(model, loader, task.step, accelerator))
+        with self.parent.autocast():  # A's precision, before and after: "before" is then A's own test, exactly
+            results = task.test_results(evaluate(model, loader, task.step, accelerator))
         return {key: results[key] for key in KEPT if key in results}
 
     def report(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
