@@ -357,7 +357,9 @@ def plan(
     and rate (data size x similarity); writes OUT/plan.json and a runnable OUT/plan.yaml."""
     from graftune.plan import make_plan, show_plan, write_plan
     from graftune.run import Permissions
+    from graftune.settings import refuse_output_in_data
 
+    refuse_output_in_data(out, {"--data": data})
     if not overwrite and any((out / name).exists() for name in ("plan.json", "plan.yaml")):
         raise UserError(f"--out {out}: it already holds a plan; give another folder or --overwrite.")
     result = make_plan(task, model, data, set_ or [], sample, console, Permissions(trust_code=trust_code))

@@ -56,7 +56,14 @@ from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.report import write_report
 from graftune.rundir import RunDir, replace_folder
 from graftune.sampling import ShuffledBatches, sorted_batches
-from graftune.settings import load_configured_backbone, resolve_settings, run_preprocess, with_absolute_paths
+from graftune.settings import (
+    data_folders,
+    load_configured_backbone,
+    refuse_output_in_data,
+    resolve_settings,
+    run_preprocess,
+    with_absolute_paths,
+)
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage, plan, trainable_group_count
 from graftune.tasks import get_task
@@ -115,6 +122,7 @@ class Run:
     @classmethod
     def start(cls, cfg: Config, out: str | Path, overwrite: bool, console: Console,
               permissions: Permissions = Permissions()) -> Run:
+        refuse_output_in_data(out, data_folders(cfg))
         target = RunDir(out)
         staged = target.stage(overwrite)
         run = cls(staged, console, permissions)
