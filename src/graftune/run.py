@@ -128,9 +128,15 @@ class Run:
         run = cls(staged, console, permissions)
         try:
             run.setup(cfg, resume=False)
-        except BaseException:
+        except BaseException as err:
+            # the system's own refusal only: a bug that happens while the disk is low stays a bug
+            reason = disk_refusal(err, staged.path) if isinstance(err, OSError) else None
             staged.discard()
-            raise
+            if reason is None:
+                raise
+            raise UserError(f"{target.path}: cannot write the new run's files ({reason}); nothing was kept, and no "
+                            "checkpoint exists to resume. Free space or fix the permissions, then run the same command "
+                            "again.") from None
         target.adopt(staged)
         run.folder = target
         return run
