@@ -6,8 +6,11 @@ This file is also the factory module for `module:` sources in the tests: `module
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +262,19 @@ def save_untrained_run(tmp: Path, backbone: Any, labels: list[str], source: str)
     save_model_folder(tmp / "run" / "model", task.build_model(backbone), backbone, task,
                       run_preprocess(backbone, settings), None)
     return tmp / "run"
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: for inputs whose regression would never return (main thread, Unix)."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import helpers
@@ -360,6 +361,35 @@ def test_read_state_dict_rejects_a_file_that_is_not_weights(tmp_path: Path, name
     with pytest.raises(UserError, match="cannot read weights") as info:
         read_state_dict(path)
     assert str(path) in str(info.value)
+
+
+def torch_bytes(tmp_path: Path) -> bytes:
+    torch.save({"w": torch.zeros(64, 64)}, tmp_path / "whole.pt")
+    return (tmp_path / "whole.pt").read_bytes()
+
+
+@pytest.mark.parametrize(("name", "content", "words"), [
+    ("empty.pt", lambda whole: b"", "empty (0 bytes) or truncated; not a PyTorch weights file"),
+    ("empty.safetensors", lambda whole: b"", "empty (0 bytes) or truncated; not a PyTorch weights file"),
+    ("half.pt", lambda whole: whole[:len(whole) // 2], "truncated or damaged"),
+    ("noise.pth", lambda whole: bytes(range(256)) * 4, "not a PyTorch weights file"),
+])
+def test_an_empty_truncated_or_garbage_weights_file_is_one_clear_line(
+        tmp_path: Path, name: str, content: Callable[[bytes], bytes], words: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content(torch_bytes(tmp_path)))
+    with pytest.raises(UserError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot read weights: {words}") and "\n" not in message, message
+    assert "weights_only" not in message  # torch's advice to load it unsafely is not passed on
+
+
+def test_a_pickled_module_is_refused_without_advice_to_load_it_unsafely(tmp_path: Path) -> None:
+    torch.save(nn.Linear(2, 2), tmp_path / "model.pt")
+    with pytest.raises(UserError, match="holds Python objects besides tensors") as info:
+        read_state_dict(tmp_path / "model.pt")
+    assert "weights_only" not in str(info.value)
 
 
 def test_read_state_dict_errors_for_missing_files_and_non_tensor_dicts(tmp_path: Path) -> None:

@@ -175,6 +175,52 @@ def test_missing_file_and_non_mapping_are_user_errors(tmp_path: Path) -> None:
     assert "must be a mapping" in error_of(write(tmp_path, "- a\n- b\n", "list.yaml"))
 
 
+def billion_laughs(levels: int = 9) -> str:
+    """A config a few hundred bytes long whose nested anchors stand for 9**levels values."""
+    lines = ["    a0: &a0 {k: lol}"] + [
+        f"    a{i}: &a{i} {{{', '.join(f'k{j}: *a{i - 1}' for j in range(9))}}}" for i in range(1, levels)]
+    return "task: text-classification\nmodel:\n  source: minilm-l6\n  kwargs:\n" + "\n".join(lines) + \
+        "\ndata:\n  train: data/train.csv\n"
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, billion_laughs())
+    assert path.stat().st_size < 1000
+    with helpers.time_limit(10):  # before the bound, walking the expanded values never ended
+        message = error_of(path)
+    assert message.startswith(f"{path}:") and "aliases repeat more than 10,000 values" in message, message
+    assert "\n" not in message
+
+
+def test_a_few_aliases_still_load(tmp_path: Path) -> None:
+    text = MINIMAL.replace("  source: minilm-l6\n", "  source: minilm-l6\n  kwargs: {a: &w [1, 2], b: *w}\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.model.kwargs == {"a": [1, 2], "b": [1, 2]}
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "head: &h {hidden: *h}\n")
+    assert error_of(path).startswith(f"{path}:6:")
+    assert "alias *h is inside its own anchor" in error_of(path)
+
+
+def test_a_config_that_is_not_utf8_names_its_line_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(MINIMAL.replace("data/train.csv", "données.csv").encode("latin-1"))
+    message = error_of(path)
+    assert message.startswith(f"{path}:5: not UTF-8 text (byte ") and "save the file as UTF-8" in message, message
+
+
+def test_a_huge_config_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "# " + "x" * 2_000_000 + "\n")
+    assert "too large for a config" in error_of(path)
+
+
+def test_a_control_character_is_one_line_with_its_line(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, MINIMAL + "head:\n  dropout: 0.1\x00\n"))
+    assert ":7: not valid YAML (the control character U+0000 is not allowed)" in message and "\n" not in message
+
+
 def test_validate_reports_source_name() -> None:
     with pytest.raises(UserError, match=r"^cli: missing required key 'task'"):
         validate({"model": {"source": "x"}, "data": {"train": "t"}}, source="cli")

@@ -25,6 +25,7 @@ from graftune.fit import EpochHook
 from graftune.lr_find import Finding, RangeTest, output_folder, write
 from graftune.run import Permissions, RunResult, find_lr, resume_run, train_run
 from graftune.safe_files import Confined
+from graftune.settings import data_folders, refuse_output_in_data
 
 
 def train(config: str | Path | dict[str, Any] | Config, out: str | Path, overrides: list[str] | None = None,
@@ -52,6 +53,7 @@ def range_test(config: str | Path | dict[str, Any] | Config, out: str | Path, ov
     A non-empty `out` is refused unless `overwrite`, which replaces only those two files."""
     folder = output_folder(out, overwrite)  # refused before minutes of work, not after
     cfg = as_config(config, overrides)
+    refuse_output_in_data(out, data_folders(cfg))
     finding = find_lr(cfg, console or Console(stderr=True), Permissions(trust_code), test, progress=cfg.train.progress)
     write(finding, Confined(folder, "lr-find folder"), folder / "lr_find.json", folder / "lr_find.png")
     return finding

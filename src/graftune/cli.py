@@ -43,11 +43,22 @@ def user_errors(command: F) -> F:
             except OSError as err:
                 if err.errno not in PATH_ERRORS:
                     raise
-                _print_error(f"{err.filename or 'a file'}: {err.strerror}. Check the path, its permissions and the "
-                             "free space.")
+                _print_error(_path_error(err, kwargs))
         raise typer.Exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _path_error(err: OSError, options: dict[str, Any]) -> str:
+    """An unwritable path in words. A failed write() names no file (a full disk mid-write), so the folder the
+    command writes into (--out, --resume, RUN) stands for it."""
+    if err.filename:
+        return f"{err.filename}: {err.strerror}. Check the path, its permissions and the free space."
+    folder = next((options[name] for name in ("out", "resume", "run") if options.get(name) is not None), None)
+    if folder is None:
+        return f"{err.strerror}. Check the permissions and the free space of the folders this command writes."
+    return (f"{folder}: {err.strerror} while writing into it. Free space or fix the permissions there, then run the "
+            "command again (an interrupted training run continues with: graftune train --resume RUN).")
 
 
 def _print_error(message: str) -> None:
@@ -364,7 +375,9 @@ def plan(
     and rate (data size x similarity); writes OUT/plan.json and a runnable OUT/plan.yaml."""
     from graftune.plan import make_plan, show_plan, write_plan
     from graftune.run import Permissions
+    from graftune.settings import refuse_output_in_data
 
+    refuse_output_in_data(out, {"--data": data})
     if not overwrite and any((out / name).exists() for name in ("plan.json", "plan.yaml")):
         raise UserError(f"--out {out}: it already holds a plan; give another folder or --overwrite.")
     result = make_plan(task, model, data, set_ or [], sample, console, Permissions(trust_code=trust_code))

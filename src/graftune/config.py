@@ -21,7 +21,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -29,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from graftune.errors import UserError, closest
 from graftune.tasks import task_names
 
+# A config is a few kB; these bound what a hostile or mistaken file can cost before it is refused.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_ALIASED_VALUES = 10_000  # values that YAML aliases (*name) may repeat in one document, in all
 # Accelerate's experiment trackers (accelerate.utils.LoggerType, without "all", which would pick whatever happens to
 # be installed); each needs its own package, checked when a run starts.
 TRACKERS = ("tensorboard", "aim", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab")
@@ -396,7 +399,36 @@ def validate(raw: dict[str, Any], source: str = "config", lines: dict[tuple[str,
 
 class _Loader(yaml.SafeLoader):
     """PyYAML reads `1e-3` as a string (YAML 1.1); users mean a float, as YAML 1.2 says. A key given twice
-    in one mapping is an error: PyYAML would silently keep the last."""
+    in one mapping is an error: PyYAML would silently keep the last. Aliases may repeat at most
+    MAX_ALIASED_VALUES values in all: a few hundred bytes of nested anchors ("billion laughs") would
+    otherwise expand to billions of values and hang whatever walks the config."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.expanded: dict[int, int] = {}  # id of a composed node -> the values it stands for, aliases expanded
+        self.aliased = 0  # values that aliases repeat, so far
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        alias = self.peek_event() if self.check_event(yaml.AliasEvent) else None
+        node = super().compose_node(parent, index)
+        if node is not None:
+            self._count(node, alias)
+        return node
+
+    def _count(self, node: yaml.Node, alias: yaml.AliasEvent | None) -> None:
+        """Record a new node's expanded size (its children went through compose_node first), or add an
+        alias's to the total it may not pass."""
+        if alias is None:
+            children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) \
+                else node.value if isinstance(node, yaml.SequenceNode) else []
+            self.expanded[id(node)] = 1 + sum(self.expanded[id(child)] for child in children)
+            return
+        if id(node) not in self.expanded:  # the anchor is still open: expanding it would never end
+            raise _alias_error(alias, f"alias *{alias.anchor} is inside its own anchor")
+        self.aliased += self.expanded[id(node)]
+        if self.aliased > MAX_ALIASED_VALUES:
+            raise _alias_error(alias, f"aliases repeat more than {MAX_ALIASED_VALUES:,} values (at *{alias.anchor}); "
+                                      "write the values out instead of nesting anchors")
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
@@ -410,6 +442,11 @@ class _Loader(yaml.SafeLoader):
                     key_node.start_mark)
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+def _alias_error(alias: yaml.AliasEvent, problem: str) -> yaml.YAMLError:
+    # The stubs also allow libyaml's Mark, which this pure-Python composer never makes.
+    return yaml.composer.ComposerError(None, None, problem, cast(yaml.error.Mark, alias.start_mark))
 
 
 # YAML 1.1 also reads yes/no/on/off as booleans, so `mixed_precision: no` would become False; as in YAML 1.2,
@@ -433,12 +470,14 @@ def parse_value(text: str) -> Any:
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found.")
-    text = path.read_text(encoding="utf-8")
+    text = _config_text(path)
     try:
         data = parse_value(text)
         node = yaml.compose(text, Loader=_Loader)
+    except yaml.reader.ReaderError as err:  # its own message spans two lines and counts characters, not lines
+        line = text.count("\n", 0, err.position) + 1
+        raise UserError(f"{path}:{line}: not valid YAML (the control character U+{err.character:04X} is not "
+                        "allowed); remove it.") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -450,6 +489,23 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     lines: dict[tuple[str, ...], int] = {}
     _index_lines(node, (), lines)
     return data, lines
+
+
+def _config_text(path: Path) -> str:
+    """The text of a config file, refused with a message when it is missing, huge or not UTF-8."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found.")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: {size:,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,}); is it "
+                        "the right file?")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r}); "
+                        "save the file as UTF-8.") from None
 
 
 def _index_lines(node: Any, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:

@@ -55,7 +55,14 @@ from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.report import write_report
 from graftune.rundir import RunDir
 from graftune.sampling import ShuffledBatches, sorted_batches
-from graftune.settings import load_configured_backbone, resolve_settings, run_preprocess, with_absolute_paths
+from graftune.settings import (
+    data_folders,
+    load_configured_backbone,
+    refuse_output_in_data,
+    resolve_settings,
+    run_preprocess,
+    with_absolute_paths,
+)
 from graftune.staging import StageSwitch
 from graftune.strategies import Stage, plan, trainable_group_count
 from graftune.tasks import get_task
@@ -114,14 +121,21 @@ class Run:
     @classmethod
     def start(cls, cfg: Config, out: str | Path, overwrite: bool, console: Console,
               permissions: Permissions = Permissions()) -> Run:
+        refuse_output_in_data(out, data_folders(cfg))
         target = RunDir(out)
         staged = target.stage(overwrite)
         run = cls(staged, console, permissions)
         try:
             run.setup(cfg, resume=False)
-        except BaseException:
+        except BaseException as err:
+            # the system's own refusal only: a bug that happens while the disk is low stays a bug
+            reason = disk_refusal(err, staged.path) if isinstance(err, OSError) else None
             staged.discard()
-            raise
+            if reason is None:
+                raise
+            raise UserError(f"{target.path}: cannot write the new run's files ({reason}); nothing was kept, and no "
+                            "checkpoint exists to resume. Free space or fix the permissions, then run the same command "
+                            "again.") from None
         target.adopt(staged)
         run.folder = target
         return run

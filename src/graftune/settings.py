@@ -81,6 +81,24 @@ def with_absolute_paths(cfg: Config) -> Config:
     return cfg.updated(values)
 
 
+def data_folders(cfg: Config) -> dict[str, str]:
+    """The paths a run reads its examples from, by config key."""
+    return {key: value for key, value in (("data.train", cfg.data.train), ("data.val", cfg.data.val),
+                                          ("data.test", cfg.data.test), ("regularize.retain", cfg.regularize.retain))
+            if value}
+
+
+def refuse_output_in_data(out: str | Path, folders: dict[str, str], option: str = "--out") -> None:
+    """Refuse an output folder that is, or lies inside, a data folder: the next read of that folder would take
+    the run's own files (plots, predictions, checkpoints) as examples. Real paths, so links cannot hide it."""
+    target = Path(out).expanduser().resolve()
+    for key, value in folders.items():
+        folder = Path(value).expanduser().resolve()
+        if folder.is_dir() and target.is_relative_to(folder):
+            raise UserError(f"{option} {out}: is inside the {key} folder {value}, so the next read of the data "
+                            f"would take its files as examples. Choose an {option} outside {value}.")
+
+
 def load_configured_backbone(cfg: Config, trust_code: bool = False) -> Backbone:
     """The pre-trained backbone `model.source` names, loaded with the config's model and head options, with
     the LM head when the task generates text."""

@@ -49,7 +49,14 @@ from graftune.config import Config, as_config, changed_keys
 from graftune.errors import UserError
 from graftune.rundir import RunDir, make_parents, remove_made
 from graftune.safe_files import Confined
-from graftune.settings import load_configured_backbone, monitored_metric, resolve_settings, with_absolute_paths
+from graftune.settings import (
+    data_folders,
+    load_configured_backbone,
+    monitored_metric,
+    refuse_output_in_data,
+    resolve_settings,
+    with_absolute_paths,
+)
 from graftune.space import Space, build_space
 from graftune.tasks import get_task
 
@@ -92,6 +99,7 @@ def tune(config: str | Path | dict[str, Any] | Config, study_dir: str | Path, tr
     folder = StudyDir(study_dir)
     folder.check()
     base = with_absolute_paths(as_config(config, overrides))
+    refuse_output_in_data(study_dir, data_folders(base))
     task = get_task(base.task)
     backbone = load_configured_backbone(base)
     resolve_settings(base, backbone, task)  # the config's own errors, before any value of the search is tried

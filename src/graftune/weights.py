@@ -6,6 +6,7 @@ the best model and the saved model folder.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -13,6 +14,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from graftune.errors import UserError
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written a zip archive since PyTorch 1.6
+PICKLE_MAGIC = b"\x80"  # the legacy torch.save format: a pickle (protocol 2 or later)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -24,14 +28,38 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state: object = load_file(str(path)) if path.suffix == ".safetensors" else \
             torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any decoding failure is the file's fault, not graftune's
-        raise UserError(f"{path}: cannot read weights ({str(err).splitlines()[0][:200]}). Save them with "
-                        "safetensors or torch.save(model.state_dict(), path).") from None
+        raise UserError(f"{path}: cannot read weights: {_why_unreadable(path, err)}. Save them again with "
+                        "torch.save(model.state_dict(), path) or safetensors.") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: expected a state dict of tensors.")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """What is wrong with a weights file that did not load, in words: torch's own are an index error for an
+    empty file, "[Errno 22]" for a truncated one, and for bytes that are no torch file advice to load it
+    with weights_only=False, which would run any code in it."""
+    with path.open("rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+    if not head:
+        return "empty (0 bytes) or truncated; not a PyTorch weights file"
+    if path.suffix == ".safetensors":
+        return f"not a readable safetensors file ({_first_line(err)})"
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        return "not a PyTorch weights file (torch.save writes a zip archive) nor a .safetensors one"
+    if head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        return "truncated or damaged: the zip archive that torch.save writes is incomplete"
+    if "Weights only load failed" in str(err):
+        return "it holds Python objects besides tensors, which graftune does not load (they could run code)"
+    return f"damaged or not a PyTorch weights file ({_first_line(err)})"
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

@@ -87,11 +87,14 @@ def video_config(data: Path) -> dict[str, Any]:
 
 Case = Callable[[Path, Kit], tuple[list[Any], list[str]]]
 CASES: dict[str, Case] = {}
+SECONDS: dict[str, int] = {}  # the cases whose regression would hang, not fail: how long they may run
 
 
-def case(name: str) -> Callable[[Case], Case]:
+def case(name: str, seconds: int | None = None) -> Callable[[Case], Case]:
     def register(function: Case) -> Case:
         CASES[name] = function
+        if seconds is not None:
+            SECONDS[name] = seconds
         return function
 
     return register
@@ -1359,6 +1362,113 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return ["train", config, "--out", user / "run"], [f"{config}:7", "train.batch_size", "not true or false"]
 
 
+# issue 20: configs, weights files, output folders
+
+
+def alias_bomb(data: Path) -> str:
+    """'Billion laughs': an image config of a few hundred bytes whose nested anchors in model.kwargs stand for
+    9**8 values."""
+    levels = ["    a0: &a0 {k: lol}"] + [f"    a{i}: &a{i} {{{', '.join(f'k{j}: *a{i - 1}' for j in range(9))}}}"
+                                         for i in range(1, 9)]
+    return ("task: image-classification\nmodel:\n  source: module:helpers:tiny_cnn\n  kwargs:\n" + "\n".join(levels)
+            + f"\ndata:\n  train: {data}\n  image_size: 16\n")
+
+
+@case("a config whose YAML aliases expand without end", seconds=30)
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    config = write_config(user, alias_bomb(copy(kit.images, user, "images")))
+    return ["train", config, "--out", user / "run"], [f"{config}:", "aliases repeat more than 10,000 values",
+                                                      "write the values out"]
+
+
+@case("report: a run whose config.yaml is an alias bomb", seconds=30)
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "config.yaml", alias_bomb(kit.images))
+    return ["report", run], [f"{run / 'config.yaml'}:", "aliases repeat more than 10,000 values"]
+
+
+@case("train --resume: a run whose config.yaml is an alias bomb", seconds=30)
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = damaged_run(user, kit, "config.yaml", alias_bomb(kit.images))
+    return ["train", "--resume", run], [f"{run / 'config.yaml'}:", "aliases repeat more than 10,000 values"]
+
+
+@case("a latin-1 config")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    config = user / "run.yaml"
+    config.write_bytes(f"# données de test\n{yaml.safe_dump(image_config(copy(kit.images, user, 'images')))}"
+                       .encode("latin-1"))
+    return ["train", config, "--out", user / "run"], [f"{config}:1: not UTF-8 text (byte 6",
+                                                      "save the file as UTF-8"]
+
+
+@case("an empty .pt weights file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "empty.pt").write_bytes(b"")
+    return image_train(user, kit, "--set", f"model.weights={user / 'empty.pt'}"), [
+        f"{user / 'empty.pt'}: cannot read weights: empty (0 bytes) or truncated; not a PyTorch weights file"]
+
+
+@case("a truncated .pt weights file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    torch.save(helpers.tiny_cnn().state_dict(), user / "cut.pt")
+    (user / "cut.pt").write_bytes((user / "cut.pt").read_bytes()[:5000])
+    return image_train(user, kit, "--set", f"model.weights={user / 'cut.pt'}"), [
+        f"{user / 'cut.pt'}: cannot read weights: truncated or damaged", "torch.save(model.state_dict(), path)"]
+
+
+@case("a .pth weights file of random bytes")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "noise.pth").write_bytes(np.random.default_rng(0).bytes(3000))
+    return image_train(user, kit, "--set", f"model.weights={user / 'noise.pth'}"), [
+        f"{user / 'noise.pth'}: cannot read weights: not a PyTorch weights file"]
+
+
+@case("train --out inside the training data")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = image_train(user, kit)
+    args[args.index("--out") + 1] = user / "images" / "run"
+    return args, [f"--out {user / 'images' / 'run'}: is inside the data.train folder {user / 'images'}",
+                  "Choose an --out outside"]
+
+
+@case("train --out the validation data folder itself, through a link")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    val = copy(kit.images, user, "val")
+    (user / "shortcut").symlink_to(val)
+    args = image_train(user, kit, "--data", f"val={val}")
+    args[args.index("--out") + 1] = user / "shortcut"
+    return args, [f"--out {user / 'shortcut'}: is inside the data.val folder {val}"]
+
+
+@case("tune: --out inside the data")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = tune_args(user, kit)
+    args[args.index("--out") + 1] = user / "images" / "study"
+    return args, [f"--out {user / 'images' / 'study'}: is inside the data.train folder"]
+
+
+@case("lr-find: --out inside the data")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = lr_find(user, kit)
+    args[args.index("--out") + 1] = user / "news" / "lr"
+    return args, [f"--out {user / 'news' / 'lr'}: is inside the data.train folder"]
+
+
+@case("plan: --out inside the data")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    data = copy(kit.images, user, "images")
+    return ["plan", "--data", data, "--model", "module:helpers:tiny_cnn", "--task", "image-classification",
+            "--out", data / "plan"], [f"--out {data / 'plan'}: is inside the --data folder {data}"]
+
+
+@case("demo: --out a folder that holds the user's files")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    (user / "work").mkdir()
+    (user / "work" / "notes.txt").write_text("mine\n")
+    return ["demo", "--out", user / "work"], [f"{user / 'work'}: run directory exists"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 
@@ -1378,7 +1488,8 @@ def test_bad_input(name: str, kit: Kit, tmp_path: Path) -> None:
     user.mkdir()
     args, fragments = CASES[name](user, kit)
     before = snapshot(user)
-    code, output = run_cli(*[str(a) for a in args])
+    with helpers.time_limit(SECONDS.get(name, 0)):  # 0: no limit
+        code, output = run_cli(*[str(a) for a in args])
     assert code == 2, output
     assert "Traceback" not in output
     message = " ".join(output.split())  # the console wraps long lines

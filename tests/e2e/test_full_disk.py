@@ -3,7 +3,9 @@ checkpoint intact, and once there is room the resume finishes it. Skipped where 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -67,3 +69,35 @@ def test_a_full_disk_stops_the_run_and_the_resume_finishes_it(small_disk: Path, 
     assert code == 0, output
     rows = [json.loads(line) for line in (small_disk / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_a_disk_that_fills_while_a_run_starts_names_the_run_and_keeps_nothing(small_disk: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Room for the new run's folder, not for its first files (config.yaml, data_splits.json): the write
+    names no file, so the message names the run; the half-made folder is gone and the data untouched."""
+    monkeypatch.syspath_prepend(str(helpers.TESTS_DIR))
+    data = helpers.write_colour_folders(tmp_path / "colours")
+    before = {p: p.read_bytes() for p in data.rglob("*.png")}
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 8_192))
+
+    code, output = train(data, small_disk / "run", epochs=1)
+    message = " ".join(output.split())
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{small_disk / 'run'}: cannot write the new run's files (No space left on device)" in message, message
+    assert "run the same command again" in message and "a file" not in message
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert {p: p.read_bytes() for p in data.rglob("*.png")} == before
+
+
+def test_a_write_that_names_no_file_names_the_commands_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's last resort for a full disk: Python's write() gives no file name, the --out folder stands in."""
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("graftune.api.range_test", full)
+    (tmp_path / "run.yaml").write_text("task: image-classification\n")
+    code, output = run_cli("lr-find", tmp_path / "run.yaml", "--out", tmp_path / "lr")
+    message = " ".join(output.split())
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{tmp_path / 'lr'}: No space left on device while writing into it" in message and "a file" not in message
