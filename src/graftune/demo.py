@@ -23,7 +23,7 @@ DEMO_PER_CLASS = 80
 def run_demo(out: Path, overwrite: bool = False, console: Console | None = None) -> RunResult:
     """Write 80 articles per topic as class folders, then fully fine-tune minilm-l6 on them."""
     console = console or Console(stderr=True)
-    RunDir(out).stage(overwrite).discard()  # the checks a run makes of --out, before any article is written
+    RunDir(out).check_target(overwrite)  # the checks a run makes of --out, before any article is written
     data = demo_data()
     console.print(f"BBC News: {DEMO_PER_CLASS} articles per topic in {data}")
     cfg = validate({

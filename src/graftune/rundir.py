@@ -113,8 +113,9 @@ class RunDir:
 
     # --- a new run --------------------------------------------------------------------------------------
 
-    def stage(self, overwrite: bool) -> RunDir:
-        """A fresh, hidden sibling folder to set the run up in, after refusing what must not be touched."""
+    def check_target(self, overwrite: bool) -> None:
+        """Refuse an --out that must not be touched: a file, a run without --overwrite, a folder that is no run,
+        a run holding files graftune did not write."""
         path = self.path
         if path.exists() and not path.is_dir():
             raise UserError(f"{path}: exists and is a file. Choose another --out.")
@@ -130,24 +131,31 @@ class RunDir:
                 more = f" and {len(foreign) - 8} more" if len(foreign) > 8 else ""
                 raise UserError(f"{path}: holds files graftune did not write ({', '.join(foreign[:8])}{more}); "
                                 "refusing to delete them with --overwrite. Move them away or choose another --out.")
+
+    def stage(self, overwrite: bool) -> RunDir:
+        """A fresh, hidden sibling folder to set the run up in, after refusing what must not be touched."""
+        self.check_target(overwrite)
+        path = _absolute(self.path)  # `--out .` has no name of its own: its sibling is named after the real one
         try:
             created = make_parents(path.parent)
             # a unique name: a folder of the user's that happens to look like graftune's is never reused
             staged = RunDir(tempfile.mkdtemp(prefix=f".{path.name}.graftune-new-", dir=path.parent))
             staged.files.write_text(staged.path / MARKER, MARKER_TEXT)
         except OSError as err:
-            raise UserError(f"{path}: cannot create the run folder ({err.strerror}). Choose another --out.") from None
+            raise UserError(f"{self.path}: cannot create the run folder ({err.strerror}). Choose another "
+                            "--out.") from None
         staged.created_parents = created
         return staged
 
     def adopt(self, staged: RunDir) -> None:
         """Move a staged run into place, replacing an old run (already checked by `stage`)."""
-        if not self.path.is_dir():
-            os.replace(staged.path, self.path)
+        path = _absolute(self.path)
+        if not path.is_dir():
+            os.replace(staged.path, path)
             return
-        aside = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.graftune-old-", dir=self.path.parent))
-        os.replace(self.path, aside / "run")
-        os.replace(staged.path, self.path)
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.graftune-old-", dir=path.parent))
+        os.replace(path, aside / "run")
+        os.replace(staged.path, path)
         shutil.rmtree(aside, ignore_errors=True)
 
     def discard(self) -> None:
@@ -184,6 +192,11 @@ class RunDir:
 
     def write_bytes(self, path: Path, data: bytes) -> None:
         self.files.write_bytes(path, data)
+
+
+def _absolute(path: Path) -> Path:
+    """`path` absolute and without '.' or '..' parts, links kept (os.path.abspath)."""
+    return Path(os.path.abspath(path))
 
 
 def _export_files(files: Confined, record: Path) -> set[str]:
