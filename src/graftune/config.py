@@ -321,6 +321,14 @@ class VideoConfig(Section):
                                           "counter-clockwise and left into right")
 
 
+class RegressionConfig(Section):
+    """Regression tasks: a number per input (graftune/tasks/regression.py)."""
+
+    loss: Literal["mse", "huber"] = Field("mse", description="mean squared error, or Huber (less pulled by outliers)")
+    huber_delta: float = Field(1.0, gt=0, description="where Huber turns linear, in standard deviations of the "
+                                                      "training targets (they are standardized for training)")
+
+
 class CacheConfig(Section):
     """Body features computed once for the stages that train only the head (see graftune/features.py)."""
 
@@ -345,6 +353,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
     video: VideoConfig = VideoConfig()
+    regression: RegressionConfig = RegressionConfig()
     cache: CacheConfig = CacheConfig()
 
     @field_validator("task")

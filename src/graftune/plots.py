@@ -104,6 +104,22 @@ def reliability_figure(edges: list[float], accuracy: list[float], confidence: li
     return fig
 
 
+def regression_figure(true: list[float], predicted: list[float], target: str) -> Any:
+    """Predicted against true value (the diagonal is a perfect model), beside the residuals' histogram."""
+    fig, (scatter, residuals) = plt.subplots(1, 2, figsize=(10, 4))
+    scatter.scatter(true, predicted, s=12, alpha=0.6, color="tab:blue")
+    low, high = min(*true, *predicted), max(*true, *predicted)
+    scatter.plot([low, high], [low, high], linestyle="--", color="gray", label="predicted = true")
+    scatter.set(xlabel=f"true {plain(target)}", ylabel=f"predicted {plain(target)}", title="Predicted against true")
+    scatter.legend(loc="upper left", fontsize="small")
+    errors = [p - t for t, p in zip(true, predicted, strict=True)]
+    residuals.hist(errors, bins=min(30, max(5, len(errors) // 3)), color="tab:orange", edgecolor="black")
+    residuals.axvline(0, color="gray", linestyle="--")
+    residuals.set(xlabel="error (predicted - true)", ylabel="test examples", title="Residuals")
+    fig.tight_layout()
+    return fig
+
+
 def lr_find_png(rates: list[float], losses: list[float], smoothed: list[float], suggestions: dict[str, float],
                chosen: str, title: str) -> bytes:
     """Loss against rate on a log axis: each step's loss faintly, the smoothed loss the rules read (which sets

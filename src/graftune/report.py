@@ -36,7 +36,8 @@ def write_report(run: str | Path, read_inputs: bool = False) -> Path:
     rows = folder.read_metrics()
     strategy = _shaped(folder, folder.strategy, dict, {})
     results = _shaped(folder, folder.results, dict, None)
-    predictions = read_predictions(folder) if results is not None and folder.predictions.is_file() else []
+    predictions = read_predictions(folder, task.prediction_fields) \
+        if results is not None and folder.predictions.is_file() else []
     try:
         sections = [_summary(settings, task, rows, splits, results), _curves(settings, task, rows, folder),
                     _stages(rows, strategy)]
@@ -80,14 +81,14 @@ def _drawn(folder: RunDir, name: str) -> bytes | None:
         return None
 
 
-def read_predictions(folder: RunDir) -> list[dict[str, Any]]:
-    """The rows of RUN/test_predictions.jsonl, or an error naming the file and line."""
+def read_predictions(folder: RunDir, fields: frozenset[str]) -> list[dict[str, Any]]:
+    """The rows of RUN/test_predictions.jsonl, each with the task's `fields`, or an error naming file and line."""
     rows = []
     for number, line in enumerate(folder.files.read_text(folder.predictions).splitlines(), start=1):
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not {"label", "predicted", "confidence", "probabilities"} <= set(row):
-                raise ValueError("not a prediction row (label, predicted, confidence, probabilities)")
+            if not isinstance(row, dict) or not fields <= set(row):
+                raise ValueError(f"not a prediction row ({', '.join(sorted(fields))})")
         except ValueError as err:
             raise UserError(f"{folder.predictions}:{number}: damaged ({err}). Run the test again with graftune "
                             "evaluate, or train a new run.") from None

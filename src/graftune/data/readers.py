@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import math
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -33,24 +34,34 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled input: the text itself, or the path of an image or video file."""
+    """One labelled input: the text itself, or the path of an image or video file. `label` is a class name, or
+    for a task with numeric targets the number as text (labels are plain strings everywhere data goes)."""
 
     input: str
     label: str
     where: str
 
 
+LabelOf = Callable[[object, str, str], str]  # (cell value, column, file:line) -> the label, or a UserError
+
+
 def read_examples(path: str | Path, modality: Modality, fmt: str = "auto", input_column: str | None = None,
-                  label_column: str = "label", encoding: str = "utf-8", skip_unreadable: bool = False) -> list[Example]:
-    """Read every labelled example under `path` (a class-folder root, a .csv or a .jsonl file)."""
+                  label_column: str = "label", encoding: str = "utf-8", skip_unreadable: bool = False,
+                  label_of: LabelOf | None = None) -> list[Example]:
+    """Read every labelled example under `path` (a class-folder root, a .csv or a .jsonl file). `label_of`
+    reads a table's label cell (default: one class name); a task whose labels are no classes (a number)
+    passes its own and cannot read class folders."""
     path = Path(path)
     fmt = _checked_format(path, fmt)
     skipped: list[str] = []
+    if fmt == "folder" and label_of is not None:
+        raise UserError(f"{path}: class folders hold classes, and this task's targets are not classes. Give a CSV or "
+                        f"JSONL file with the target in a column (data.label_column, now '{label_column}').")
     if fmt == "folder":
         examples = _read_folder(path, modality, encoding, skipped if skip_unreadable else None)
     else:
         examples = _read_table(path, fmt, modality, input_column, label_column, encoding,
-                               skipped if skip_unreadable else None)
+                               skipped if skip_unreadable else None, label_of or class_label)
     if skipped:
         warnings.warn(f"{path}: left out {len(skipped)} unreadable {modality} file(s) (data.skip_unreadable), "
                       f"first: {skipped[0]}", InputWarning, stacklevel=2)
@@ -213,21 +224,21 @@ def _checked_image(file: Path, where: str | None = None) -> str:
 
 
 def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | None, label_column: str,
-                encoding: str, skipped: list[str] | None = None) -> list[Example]:
+                encoding: str, skipped: list[str] | None, label_of: LabelOf) -> list[Example]:
     examples = []
     for line, row in _rows(path, fmt, encoding):
         where = f"{path}:{line}"
         if label_column not in row:
             raise UserError(f"{where}: no column '{label_column}'.{closest(label_column, row)} Columns: "
                             f"{', '.join(row)}. Set data.label_column.")
-        label = _label_of(row[label_column], label_column, where)
+        label = label_of(row[label_column], label_column, where)
         value = _input_of(row, line, path, modality, input_column, skipped)
         if value is not None:
             examples.append(Example(value, label, where))
     return examples
 
 
-def _label_of(value: object, column: str, where: str) -> str:
+def class_label(value: object, column: str, where: str) -> str:
     """One class name from a label cell: a string, or a whole number or boolean of JSON (classes "3", "True").
     A list would become a class named "['a', 'b']", and a fraction is a score, not a class (and 1.0 and 1
     would be two classes), so they are refused."""
@@ -241,6 +252,25 @@ def _label_of(value: object, column: str, where: str) -> str:
     if value is None or str(value).strip() == "":
         raise UserError(f"{where}: empty label in column '{column}'.")
     return str(value).strip()
+
+
+def number_label(value: object, column: str, where: str) -> str:
+    """A numeric target from a label cell (a JSON number, or text that reads as one), as text; refused with the
+    file and line when it is no finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or \
+            (isinstance(value, str) and not value.strip()):
+        shown = "empty" if value is None or (isinstance(value, str) and not value.strip()) else json.dumps(value)[:40]
+        raise UserError(f"{where}: the target in column '{column}' is {shown}, not a number. Give every example a "
+                        "number (a regression target), or fix data.label_column.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"{where}: the target in column '{column}' is {str(value)[:40]!r}, not a number. Give every "
+                        "example a number (a regression target), or fix data.label_column.") from None
+    if not math.isfinite(number):
+        raise UserError(f"{where}: the target in column '{column}' is {value!r}; a target must be a finite number "
+                        "(not NaN or infinite). Fix or remove the row.")
+    return repr(number)
 
 
 def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality, input_column: str | None,

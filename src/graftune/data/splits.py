@@ -12,7 +12,7 @@ from pathlib import Path
 from sklearn.model_selection import train_test_split
 
 from graftune.config import DataConfig
-from graftune.data.readers import Example, read_examples, split_folders
+from graftune.data.readers import Example, LabelOf, read_examples, split_folders
 from graftune.errors import InputWarning, UserError
 from graftune.preprocessing import Modality
 
@@ -28,13 +28,15 @@ class Splits:
         return sorted({e.label for e in self.train})
 
 
-def read_splits(data: DataConfig, modality: Modality) -> Splits:
+def read_splits(data: DataConfig, modality: Modality, label_of: LabelOf | None = None) -> Splits:
     """Read train (and val/test, when given) and split what is missing, stratified by label; check that
-    every split's labels are known to train."""
+    every split's labels are known to train. With `label_of` (labels that are no classes: numeric targets),
+    the split is a seeded random one and no label is checked against train."""
+    classes = label_of is None
 
     def read(path: str | Path) -> list[Example]:
         return read_examples(path, modality, data.format, data.input_column, data.label_column, data.encoding,
-                             data.skip_unreadable)
+                             data.skip_unreadable, label_of)
 
     folders = split_folders(Path(data.train)) if data.format in ("auto", "folder") else None
     paths: dict[str, str | Path | None] = {"train": data.train, "val": data.val, "test": data.test}
@@ -48,18 +50,19 @@ def read_splits(data: DataConfig, modality: Modality) -> Splits:
     warn_held_out_overlap(train, {"val": val, "test": test}, modality)
     seed, val_frac, test_frac = data.split.seed, data.split.val, data.split.test
     if val is None and test is None:
-        splits = stratified_split(train, val_frac, test_frac, seed)
+        splits = stratified_split(train, val_frac, test_frac, seed, classes)
     elif val is None:
-        part = stratified_split(train, val_frac, 0.0, seed)
+        part = stratified_split(train, val_frac, 0.0, seed, classes)
         splits = Splits(part.train, part.val, test or [])
     elif test is None:
-        part = stratified_split(train, 0.0, test_frac, seed)
+        part = stratified_split(train, 0.0, test_frac, seed, classes)
         splits = Splits(part.train, val, part.test)
     else:
         splits = Splits(train, val, test)
     if not splits.val:
         raise UserError("data: no validation examples. Give data.val or set data.split.val above 0.")
-    check_labels(splits, {k: str(v) for k, v in paths.items() if v})
+    if classes:
+        check_labels(splits, {k: str(v) for k, v in paths.items() if v})
     return splits
 
 
@@ -95,8 +98,11 @@ def _content(example: Example, modality: Modality) -> tuple[str, str]:
         return example.label, hashlib.file_digest(handle, "blake2b").hexdigest()
 
 
-def stratified_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:
-    """Split so every class keeps its share in train, val and test."""
+def stratified_split(examples: list[Example], val: float, test: float, seed: int, stratify: bool = True) -> Splits:
+    """Split so every class keeps its share in train, val and test (without `stratify`: a seeded random split,
+    for targets that are no classes)."""
+    if not stratify:
+        return _random_split(examples, val, test, seed)
     counts = Counter(e.label for e in examples)
     needed = 1 + (val > 0) + (test > 0)
     for label, count in sorted(counts.items()):
@@ -113,6 +119,20 @@ def stratified_split(examples: list[Example], val: float, test: float, seed: int
         if fraction > 0:
             _give_every_class_one(train_part, held)
     return Splits(train_part, val_part, test_part)
+
+
+def _random_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:
+    needed = 1 + (val > 0) + (test > 0)
+    if len(examples) < max(needed, 2) or len(examples) * min(f for f in (val, test, 1.0) if f > 0) < 1:
+        raise UserError(f"cannot split {len(examples)} examples into train/val/test by data.split.val {val} and "
+                        f"data.split.test {test}: each part needs at least one example. Add examples, or give explicit "
+                        "val/test data.")
+    rest, test_part = (train_test_split(examples, test_size=test, random_state=seed) if test > 0 else (examples, []))
+    if val > 0:
+        train_part, val_part = train_test_split(list(rest), test_size=val / (1 - test), random_state=seed)
+    else:
+        train_part, val_part = list(rest), []
+    return Splits(list(train_part), list(val_part), list(test_part))
 
 
 def _give_every_class_one(train: list[Example], held: list[Example]) -> None:

@@ -20,6 +20,8 @@ BUILTIN = {
     "text-classification": "graftune.tasks.text_classification:TextClassification",
     "causal-lm": "graftune.tasks.causal_lm:CausalLM",
     "video-classification": "graftune.tasks.video_classification:VideoClassification",
+    "text-regression": "graftune.tasks.regression:TextRegression",
+    "image-regression": "graftune.tasks.regression:ImageRegression",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 

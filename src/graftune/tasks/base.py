@@ -85,6 +85,8 @@ class Task(ABC):
     convex_head: ClassVar[bool] = False
     # Score the test split (and `forgetting_examples`) with the pre-trained model too, for a before/after.
     evaluates_before: ClassVar[bool] = False
+    # The fields every row of `test_predictions` has (RUN/test_predictions.jsonl), checked when the report reads it.
+    prediction_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: Config, schema: dict[str, Any]) -> None:
         self.settings = settings

@@ -1,0 +1,193 @@
+"""Regression: one number per input (a price, a score, an age), from texts or images in a CSV/JSONL table with
+the target in a column (`data.label_column`).
+
+Targets are standardized with the training split's mean and standard deviation, so one learning rate and one
+Huber threshold fit any unit; the head predicts the standardized value and everything the user sees (metrics,
+predictions, the report) is back in the target's own units. The schema is `{"target": COLUMN, "mean": m,
+"std": s, "train_count": n}`.
+
+Loss `regression.loss`: mse (default) or huber (`regression.huber_delta` standard deviations). Metrics: RMSE
+(early stopping on val_rmse, lower is better), MAE, R², Pearson's and Spearman's correlation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from torch import nn
+
+from graftune.backbones.base import Backbone
+from graftune.config import Config, DataConfig
+from graftune.data.readers import Example, number_label, read_examples
+from graftune.data.splits import read_splits
+from graftune.errors import UserError
+from graftune.grafted import GraftedModel
+from graftune.loop import Batch, Evaluation, Step
+from graftune.pages import Section
+from graftune.preprocessing import Preprocess
+from graftune.tasks.base import Item, Task, TaskData
+from graftune.tasks.heads import Pooling, build_head
+
+TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
+WORST = 8  # largest errors the report lists
+
+
+class Regression(Task):
+    """A number per input; see the module docstring."""
+
+    metrics: ClassVar[dict[str, Literal["max", "min"]]] = {
+        "val_rmse": "min", "val_mae": "min", "val_r2": "max", "val_pearson": "max", "val_spearman": "max",
+        "val_loss": "min"}
+    default_metric = "val_rmse"
+    convex_head = True  # squared error of a linear head: the exact probe solves ridge regression
+    prediction_fields: ClassVar[frozenset[str]] = frozenset({"target", "predicted"})
+
+    @property
+    def mean(self) -> float:
+        return float(self.schema["mean"])
+
+    @property
+    def std(self) -> float:
+        return float(self.schema["std"])
+
+    @classmethod
+    def read_data(cls, data: DataConfig) -> TaskData:
+        splits = read_splits(data, cls.modality, number_label)
+        targets = np.array([float(e.label) for e in splits.train])
+        std = float(targets.std())
+        if len(targets) < 2 or std == 0.0:
+            raise UserError(f"{data.train}: every training target in column '{data.label_column}' is "
+                            f"{targets[0]:g}; there is nothing to learn. Check data.label_column.")
+        return TaskData(splits, {"target": data.label_column, "mean": float(targets.mean()), "std": std,
+                                 "train_count": len(targets)})
+
+    @classmethod
+    def resolve(cls, cfg: Config, backbone: Backbone) -> Config:
+        """`head.pooling: auto` becomes the pooling the backbone was pre-trained with."""
+        pooling = backbone.default_pooling if cfg.head.pooling == "auto" else cfg.head.pooling
+        return cfg.updated({"head.pooling": pooling})
+
+    def describe_schema(self) -> str:
+        return f"target '{self.schema['target']}' (mean {self.mean:.4g}, std {self.std:.4g} in training)"
+
+    def build_model(self, backbone: Backbone) -> GraftedModel:
+        head_cfg = self.settings.head
+        head = build_head(head_cfg, backbone.feature_dim, 1, head_cfg.pooling)
+        return GraftedModel(backbone.body, head, Pooling(head_cfg.pooling), self.settings.freeze.batchnorm)
+
+    def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
+        return [(e.input, (float(e.label) - self.mean) / self.std) for e in examples]
+
+    def step(self, model: nn.Module, batch: Batch, train: bool) -> Step:
+        """Squared error (or Huber) on the standardized target; evaluation keeps predictions and targets."""
+        # at least fp32 whatever the autocast (a bf16 target would lose its third digit); fp64 in the exact probe
+        predicted = model(batch["inputs"]).squeeze(-1)
+        predicted = predicted.to(torch.promote_types(predicted.dtype, torch.float32))
+        targets = batch["targets"].to(predicted.device, predicted.dtype)
+        options = self.settings.regression
+        if options.loss == "huber":
+            loss = nn.functional.huber_loss(predicted, targets, delta=options.huber_delta)
+        else:
+            loss = nn.functional.mse_loss(predicted, targets)
+        if train:
+            return Step(loss, len(targets))
+        return Step(loss, len(targets), {"predicted": predicted, "targets": targets})
+
+    def _units(self, evaluation: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+        """(true, predicted) in the target's own units."""
+        outputs = evaluation.outputs
+        if "targets" not in outputs:
+            return np.zeros(0), np.zeros(0)
+        return (outputs["targets"].astype(np.float64) * self.std + self.mean,
+                outputs["predicted"].astype(np.float64) * self.std + self.mean)
+
+    def validation_metrics(self, evaluation: Evaluation) -> dict[str, float]:
+        scores = scores_of(*self._units(evaluation))
+        return {"val_loss": evaluation.loss, **{f"val_{k}": v for k, v in scores.items() if k != "examples"}}
+
+    def test_results(self, evaluation: Evaluation) -> dict[str, Any]:
+        true, predicted = self._units(evaluation)
+        return {**scores_of(true, predicted), "loss": evaluation.loss, "target": self.schema["target"]}
+
+    def test_predictions(self, evaluation: Evaluation, examples: list[Example]) -> list[dict[str, Any]] | None:
+        """Per test example: where it came from, its input (a text, cut at TEXT_KEPT characters, or a file's
+        path), the true and the predicted value and the error (predicted - true)."""
+        true, predicted = self._units(evaluation)
+        order = evaluation.outputs.get("index", np.arange(len(true)))
+        rows: list[dict[str, Any] | None] = [None] * len(examples)
+        for index, value, guess in zip(order, true, predicted, strict=True):
+            example = examples[int(index)]
+            rows[int(index)] = {"where": example.where, "input": example.input[:TEXT_KEPT],
+                                "target": float(value), "predicted": round(float(guess), 6),
+                                "error": round(float(guess - value), 6)}
+        return [row for row in rows if row is not None]
+
+    def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
+                        plots: Callable[[str], bytes | None], read_inputs: bool) -> list[Section]:
+        from graftune.tasks.regression_report import regression_sections
+
+        return regression_sections(results["test"], predictions)
+
+    def summary(self, results: dict[str, Any]) -> str:
+        return (f"RMSE {results['rmse']:.4g}  MAE {results['mae']:.4g}  R² {results['r2']:.4f}  "
+                f"Spearman {results['spearman']:.4f}")
+
+    def details(self, results: dict[str, Any]) -> list[str]:
+        return [f"{results['examples']} examples; target '{results.get('target', self.schema['target'])}'; "
+                f"Pearson {results['pearson']:.4f}"]
+
+    def read_labelled(self, path: str | Path, input_column: str | None, label_column: str) -> list[Example]:
+        column = self.schema["target"] if label_column == "label" else label_column
+        return read_examples(path, self.modality, "auto", input_column, column, self.settings.data.encoding,
+                             label_of=number_label)
+
+    @torch.inference_mode()
+    def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
+                batch_size: int = 32) -> list[dict[str, Any]]:
+        """One row per input: its name and the predicted value in the target's units."""
+        encode = self.encoder(preprocess)
+        model.eval()
+        results = []
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            values = model(encode([value for _, value in chunk])).float().squeeze(-1) * self.std + self.mean
+            results += [{"input": name, "value": float(v)} for (name, _), v in zip(chunk, values.tolist(), strict=True)]
+        return results
+
+    def format_prediction(self, result: dict[str, Any]) -> str:
+        return f"{result['input']}\t{result['value']:.6g}"
+
+
+def scores_of(true: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """RMSE, MAE, R², Pearson and Spearman (scikit-learn, SciPy); correlations are 0 where undefined (fewer
+    than two examples, or a constant side)."""
+    if len(true) == 0:
+        return {"rmse": 0.0, "mae": 0.0, "r2": 0.0, "pearson": 0.0, "spearman": 0.0, "examples": 0}
+    varied = len(true) > 1 and np.ptp(true) > 0 and np.ptp(predicted) > 0
+    return {"rmse": float(math.sqrt(mean_squared_error(true, predicted))),
+            "mae": float(mean_absolute_error(true, predicted)),
+            "r2": float(r2_score(true, predicted)) if len(true) > 1 else 0.0,
+            "pearson": float(pearsonr(true, predicted)[0]) if varied else 0.0,
+            "spearman": float(spearmanr(true, predicted)[0]) if varied else 0.0,
+            "examples": len(true)}
+
+
+class TextRegression(Regression):
+    """A number per text (a review's rating, a document's reading level)."""
+
+    name = "text-regression"
+    modality = "text"
+
+
+class ImageRegression(Regression):
+    """A number per image (an age, a count, a size)."""
+
+    name = "image-regression"
+    modality = "image"
