@@ -9,6 +9,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from rich.console import Console
 
@@ -113,3 +114,24 @@ def test_a_constant_target_is_refused(tmp_path: Path) -> None:
     code, output = run_cli("train", "--task", "text-regression", "--model", f"hf:{bert}", "--data", str(table),
                            "--set", "data.label_column=y", "--out", str(tmp_path / "run"))
     assert code == 2 and "every training target in column 'y' is 5" in " ".join(output.split()), output
+
+
+def test_an_onnx_export_gives_the_value_with_its_target_file(regression_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import onnxruntime
+
+    from graftune.exporting import export_run
+
+    run, _ = regression_run
+    done = export_run(run, "onnx", out=tmp_path / "onnx", trust_code=True)
+    meaning = json.loads((done.folder / "target.json").read_text())
+    assert meaning["target"] == "brightness" and meaning["value"] == "output * std + mean"
+    model = graftune.load(run, trust_code=True)
+    rows = [json.loads(line) for line in (run / "test_predictions.jsonl").read_text().splitlines()][:4]
+    pixels = model.task.encoder(model.preprocess)([r["input"] for r in rows])["pixel_values"]
+    session = onnxruntime.InferenceSession(str(done.folder / "model.onnx"))
+    (output,) = session.run(None, {"pixel_values": pixels.numpy()})
+    values = output.reshape(-1) * meaning["std"] + meaning["mean"]
+    with torch.inference_mode():  # the fp32 model the export was checked against (the run computed in bf16)
+        expected = model.model({"pixel_values": pixels}).reshape(-1).numpy() * model.task.std + model.task.mean
+    np.testing.assert_allclose(values, expected, rtol=1e-4)
+    assert abs(values[0] - rows[0]["predicted"]) < 0.01 * abs(rows[0]["predicted"])  # and what the run predicted

@@ -97,9 +97,11 @@ def _tokenizer_dir(fine_tuned: FineTuned) -> str | None:
 
 
 def _metadata(fine_tuned: FineTuned) -> dict[str, str]:
-    """What travels inside the model file itself: the task, the labels and the preprocessing, as JSON."""
-    schema = fine_tuned.task.schema
-    return {"graftune.task": fine_tuned.task.name, "graftune.labels": json.dumps(schema.get("labels", [])),
+    """What travels inside the model file itself: the task, what its outputs mean (graftune.labels for a
+    classifier, graftune.target for a regression: the companion file's JSON) and the preprocessing."""
+    meaning = fine_tuned.task.output_meaning()
+    outputs = {f"graftune.{meaning[0].removesuffix('.json')}": json.dumps(meaning[1])} if meaning else {}
+    return {"graftune.task": fine_tuned.task.name, **outputs,
             "graftune.preprocessing": json.dumps(preprocessing(fine_tuned, _tokenizer_dir(fine_tuned) or "."))}
 
 

@@ -85,13 +85,11 @@ def _foreign_entries(folder: Path) -> list[str] | None:
 
 
 def write_companions(folder: Path, fine_tuned: FineTuned, tokenizer_dir: str | None) -> None:
-    """labels.json (classifiers), preprocessing.json, graftune.json and, with `tokenizer_dir`, the tokenizer."""
-    schema = fine_tuned.task.schema
-    if "labels" in schema:
-        labels: dict[str, Any] = {"labels": list(schema["labels"])}
-        if "threshold" in schema:
-            labels["threshold"] = schema["threshold"]
-        _write(folder / "labels.json", labels)
+    """What the outputs mean (the task's file: labels.json for classifiers, target.json for regression),
+    preprocessing.json, graftune.json and, with `tokenizer_dir`, the tokenizer."""
+    meaning = fine_tuned.task.output_meaning()
+    if meaning is not None:
+        _write(folder / meaning[0], meaning[1])
     _write(folder / "preprocessing.json", preprocessing(fine_tuned, tokenizer_dir or "."))
     _write(folder / "graftune.json", fine_tuned.info)
     if tokenizer_dir is not None:

@@ -204,6 +204,11 @@ class Task(ABC):
         own sections (graftune/report.py)."""
         return []
 
+    def output_meaning(self) -> tuple[str, dict[str, Any]] | None:
+        """How an export's outputs become predictions: a companion file's name and its JSON (a classifier's labels
+        and threshold, a regression's target mean and std); None when the outputs speak for themselves."""
+        return None
+
     def forgetting_examples(self, path: str) -> list[Example] | None:
         """Inputs of the original task (`regularize.retain`) to score before and after: what the model forgot.
         None: the task does not measure forgetting this way (EWC may still use the inputs)."""

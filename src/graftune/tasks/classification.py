@@ -202,6 +202,12 @@ class Classification(Task):
                 "probabilities": {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}}
         return rows
 
+    def output_meaning(self) -> tuple[str, dict[str, Any]] | None:
+        """labels.json: the labels in output order (logit i is labels[i]); a two-class model's threshold on the
+        second class's probability."""
+        threshold = {"threshold": self.schema["threshold"]} if "threshold" in self.schema else {}
+        return "labels.json", {"labels": self.labels, **threshold}
+
     def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
                         plots: Callable[[str], bytes | None], read_inputs: bool) -> list[Section]:
         # without read_inputs, a file input shows as its path: Classification's cell reads nothing

@@ -135,6 +135,11 @@ class Regression(Task):
 
         return regression_sections(results["test"], predictions)
 
+    def output_meaning(self) -> tuple[str, dict[str, Any]] | None:
+        """target.json: the model's output is the standardized target; value = output * std + mean."""
+        return "target.json", {"target": self.schema["target"], "mean": self.mean, "std": self.std,
+                               "value": "output * std + mean"}
+
     def summary(self, results: dict[str, Any]) -> str:
         return (f"RMSE {results['rmse']:.4g}  MAE {results['mae']:.4g}  R² {results['r2']:.4f}  "
                 f"Spearman {results['spearman']:.4f}")
