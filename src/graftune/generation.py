@@ -31,6 +31,7 @@ def check_generation(room: GenerationRoom, max_new_tokens: int, prompt_name: str
                         "(its context), new tokens included. Shorten the prompt to fewer than "
                         f"{room.context} tokens.")
     if room.prompt_tokens + max_new_tokens > room.context:
-        raise UserError(f"{tokens_name} {max_new_tokens}: with the prompt's {room.prompt_tokens} tokens that is "
+        tokens = f"{room.prompt_tokens} token" + "s" * (room.prompt_tokens != 1)
+        raise UserError(f"{tokens_name} {max_new_tokens}: with the prompt's {tokens} that is "
                         f"over the model's context of {room.context} tokens. Give {tokens_name} at most "
                         f"{room.context - room.prompt_tokens}, or a shorter prompt.")

@@ -358,7 +358,7 @@ async def _uploads(request: Request, task: Task, folder: Path,
         paths: list[str] = []
         for i, upload in enumerate(files):
             name = upload.filename or f"file {i + 1}"
-            saved = folder / f"{i}{_suffix(name)}"  # only the suffix: the name is the client's
+            saved = folder / f"upload{i}{_suffix(name)}"  # only the suffix: the name is the client's
             saved.write_bytes(await upload.read())
             names.append(name)
             paths.append(str(saved))
@@ -518,6 +518,11 @@ class HeaderDeadline(H11Protocol):
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # the headers are in (or broke the protocol, and uvicorn said so)
             self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:  # part of a pipelined next request
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
