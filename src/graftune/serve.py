@@ -280,7 +280,7 @@ async def _json(request: Request) -> Any:
 
 def _parse_json(body: bytes) -> Any:
     """The body as JSON, or a 400 that says why not. Its depth is bounded by the parser's recursion limit (about
-    a thousand levels; a request needs three): deeper is refused here, and what passes cannot recurse far in
+    a thousand levels; a request needs two): deeper is refused here, and what passes cannot recurse far in
     validation, which stops at the first level that is not the expected type."""
     try:
         return json.loads(body)
@@ -376,7 +376,7 @@ async def _uploads(request: Request, task: Task, folder: Path,
 
 def _suffix(name: str) -> str:
     """The file name's suffix, as the readers choose a decoder by it; letters and digits only, so a client's
-    name (a NUL byte, a slash) cannot make the saved copy's path unwritable."""
+    name (a NUL byte) cannot make the saved copy's path unwritable."""
     suffix = Path(name).suffix.lower()[:8]
     return suffix if suffix[1:].isascii() and suffix[1:].isalnum() else ""
 
@@ -412,7 +412,7 @@ class BodyLimit:
     two parts. The refusal is the answer whatever the reader made of the cut-off body: a multipart parser
     reports it as a malformed body, FastAPI's JSON reading as a vague 400."""
 
-    def __init__(self, app: ASGIApp, megabytes: float, timeout: float = 20.0) -> None:
+    def __init__(self, app: ASGIApp, megabytes: float, timeout: float = REQUEST_TIMEOUT) -> None:
         self.app, self.megabytes, self.limit, self.timeout = app, megabytes, int(megabytes * 1024 * 1024), timeout
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
