@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,12 @@ def image_client(runs: Runs) -> TestClient:
     return TestClient(create_app(runs.image, max_batch=4, trust_code=True))
 
 
+@pytest.fixture(scope="module")
+def lm_client(runs: Runs) -> TestClient:
+    return TestClient(create_app(runs.lm))  # tiny Llama: a context of 256 positions
+
+
+JSON = {"content-type": "application/json"}
 ARTICLES = ["The striker scored twice in the second half.", "Shares fell after the bank cut its forecast.",
             "The minister defended the new budget in parliament.", "A new phone with a folding screen went on sale.",
             "The film won three awards at the festival."]
@@ -265,6 +274,17 @@ def test_a_batch_holds_no_more_than_max_batch() -> None:
     ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "this run classifies texts"),
     ({"files": [("files", ("a.png", png((1, 2, 3)), "image/png"))]}, 415, "this run classifies texts"),
     ({"json": {"texts": ["x" * 20_000]}}, 413, "over the limit of 10485 bytes (--max-body-mb 0.01)"),
+    # issue 20: whatever a body holds, a 4xx that says what is wrong, never a 500
+    ({"content": b'{"texts": ' + b"[" * 1000 + b"]" * 1000 + b"}", "headers": JSON}, 400,
+     "nests deeper than the parser goes"),
+    ({"content": b"[" * 4000 + b"]" * 4000, "headers": JSON}, 400, "nests deeper than the parser goes"),
+    ({"content": b'{"texts": ' + b"[" * 500 + b"]" * 500 + b"}", "headers": JSON}, 422,
+     "texts.0: Input should be a valid string"),
+    ({"content": b'{"texts": ["fine", "a \\ud800 b"]}', "headers": JSON}, 422,
+     "texts.1: holds a lone surrogate code point (U+D800) at character 2"),
+    ({"content": b'{"texts": ["a"], "x\\udfff": 1}', "headers": JSON}, 422, "Input should be a valid string"),
+    ({"content": b'{"texts": [' + b"9" * 5000 + b"]}", "headers": JSON}, 400, "Exceeds the limit (4300 digits)"),
+    ({"content": b'{"texts": ["caf\xe9"]}', "headers": JSON}, 400, "can't decode byte 0xe9"),
 ])
 def test_bad_text_requests(text_client: TestClient, request_kwargs: dict[str, Any], status: int,
                            fragment: str) -> None:
@@ -314,6 +334,108 @@ def test_bad_image_requests(image_client: TestClient, request_kwargs: dict[str, 
     assert fragment in response.json()["detail"], response.json()
 
 
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    (b'{"prompt": "a \\ud800 b"}', 422, "prompt: holds a lone surrogate code point (U+D800) at character 2"),
+    (b'{"prompt": "hi", "seed": 1180591620717411303424}', 422,  # 2**70
+     "seed: Input should be less than or equal to 18446744073709551615"),
+    (b'{"prompt": "hi", "seed": -1}', 422, "seed: Input should be greater than or equal to 0"),
+    (b'{"prompt": "hi", "temperature": 1e-300}', 422, "temperature: give 0 (greedy) or at least 0.01"),
+    (b'{"prompt": "hi", "temperature": Infinity}', 422, "temperature: Input should be a finite number"),
+    (b'{"prompt": "hi", "top_p": NaN}', 422, "top_p"),
+    (b'{"prompt": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "nests deeper than the parser goes"),
+    (b'{"prompt": "hi", "max_new_tokens": ' + b"9" * 5000 + b"}", 400, "Exceeds the limit (4300 digits)"),
+    (b'{"prompt": "caf\xe9"}', 400, "can't decode byte 0xe9"),
+    # the context: 256 positions, prompt and new tokens together; refused, not truncated
+    (b'{"prompt": "hi", "max_new_tokens": 300}', 422,
+     "max_new_tokens 300: with the prompt's 1 token that is over the model's context of 256 tokens. Give "
+     "max_new_tokens at most 255"),
+    (b'{"prompt": "' + b"word " * 50_000 + b'"}', 422,
+     "prompt: 50000 tokens; the model reads at most 256 (its context), new tokens included"),
+    (b'{"prompt": "' + b"word " * 250 + b'", "max_new_tokens": 10}', 422, "Give max_new_tokens at most 6"),
+])
+def test_bad_generate_requests(lm_client: TestClient, body: bytes, status: int, fragment: str) -> None:
+    started = time.monotonic()
+    response = lm_client.post("/generate", content=body, headers=JSON)
+    assert response.status_code == status, response.text
+    assert fragment in response.json()["detail"], response.json()
+    assert time.monotonic() - started < 10, "a refused request still ran the model"
+
+
+def test_generate_fills_the_context_exactly(lm_client: TestClient) -> None:
+    """The bound is the context, not less: 250 prompt tokens and 6 new ones are 256."""
+    response = lm_client.post("/generate", json={"prompt": "word " * 250, "max_new_tokens": 6, "seed": 2**64 - 1})
+    assert response.status_code == 200, response.text
+
+
+def chunked(head: bytes, filler: bytes, count: int, tail: bytes, sent: dict[str, int],
+            pause: float = 0.0) -> Any:
+    """A request body without a Content-Length, sent part by part (httpx streams it to the app as it is made)."""
+
+    async def parts() -> Any:
+        yield head
+        for _ in range(count):
+            sent["parts"] += 1
+            if pause:
+                await asyncio.sleep(pause)
+            yield filler
+        yield tail
+
+    return parts()
+
+
+def post_streamed(app: Any, path: str, body: Any, content_type: str) -> httpx.Response:
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve", timeout=30) as client:
+            return await client.post(path, content=body, headers={"content-type": content_type})
+
+    return asyncio.run(post())
+
+
+def test_an_oversize_chunked_upload_is_413(runs: Runs) -> None:
+    """The multipart parser reported the cut-off body as malformed (400); the limit's 413 is the answer."""
+    app = create_app(runs.image, max_batch=4, max_body_mb=0.01, trust_code=True)
+    sent = {"parts": 0}
+    head = b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    body = chunked(head, b"\0" * 1024, 100, b"\r\n--x--\r\n", sent)
+    response = post_streamed(app, "/predict", body, "multipart/form-data; boundary=x")
+    assert response.status_code == 413, response.text
+    assert "over the limit of 10485 bytes (--max-body-mb 0.01)" in response.json()["detail"]
+    assert sent["parts"] < 20, "the body was read past its limit"
+
+
+def test_an_oversize_chunked_prompt_is_413(runs: Runs) -> None:
+    app = create_app(runs.lm, max_body_mb=0.01)
+    sent = {"parts": 0}
+    response = post_streamed(app, "/generate", chunked(b'{"prompt": "', b"word " * 200, 100, b'"}', sent),
+                             "application/json")
+    assert response.status_code == 413 and "over the limit" in response.json()["detail"], response.text
+    assert sent["parts"] < 20
+
+
+def test_a_stalled_body_is_408(runs: Runs, text_model: FineTuned) -> None:
+    app = create_app(runs.text, request_timeout=0.3, fine_tuned=text_model)
+    sent = {"parts": 0}
+    started = time.monotonic()
+    response = post_streamed(app, "/predict", chunked(b'{"texts": ["', b"word ", 5, b'"]}', sent, pause=2.0),
+                             "application/json")
+    assert response.status_code == 408, response.text
+    assert "the request body stalled: nothing arrived for 0.3 s (--request-timeout)" in response.json()["detail"]
+    assert time.monotonic() - started < 1.8 and sent["parts"] == 1
+    quick = post_streamed(app, "/predict", chunked(b'{"texts": ["', b"word ", 3, b'"]}', sent, pause=0.05),
+                          "application/json")
+    assert quick.status_code == 200, quick.text
+
+
+def test_a_client_filename_cannot_break_the_saved_copy(image_client: TestClient) -> None:
+    """A NUL byte in the upload's name made the saved copy's path unwritable: a 500."""
+    body = (b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.p\x00g"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png((9, 9, 9)) + b"\r\n--x--\r\n")
+    response = image_client.post("/predict", content=body, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("a.p\x00g: not an image file (.bmp"), response.json()
+
+
 # --- the real command -------------------------------------------------------------------------------------
 
 
@@ -323,29 +445,76 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.e2e
-def test_the_serve_command_answers_on_a_free_port(runs: Runs) -> None:
+@contextmanager
+def serving(run: Path, *flags: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """`graftune serve RUN` on a free port of 127.0.0.1, once it answers /health; stopped by SIGTERM after."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), str(TESTS),
                                                         os.environ.get("PYTHONPATH", "")])}
-    server = subprocess.Popen([sys.executable, "-m", "graftune.cli", "serve", str(runs.text), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "graftune.cli", "serve", str(run), "--port", str(port), *flags],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except httpx.TransportError:
                 assert server.poll() is None, server.communicate()[0]
                 assert time.monotonic() < deadline, "the server did not answer within 60 s"
                 time.sleep(0.2)
+        yield port, server
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        server.communicate(timeout=30)
+
+
+@pytest.mark.e2e
+def test_the_serve_command_answers_on_a_free_port(runs: Runs) -> None:
+    with serving(runs.text) as (port, server):
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
         assert health.json() == {"status": "ok", "task": "text-classification"}
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ARTICLES[:2]}, timeout=30)
         assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2
-    finally:
         server.terminate()
         output = server.communicate(timeout=30)[0]
     # SIGTERM: uvicorn shuts down cleanly, then ends by the signal it caught
     assert server.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
     assert f"serving {runs.text} at http://127.0.0.1:{port}" in output
+
+
+def until_closed(client: socket.socket) -> tuple[bytes, float]:
+    """What the server sends until it closes the socket, and when it closed it (its socket timeout, 10 s, fails
+    the test: a server that holds the socket open)."""
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    return received, time.monotonic()
+
+
+@pytest.mark.e2e
+def test_a_client_that_sends_half_its_headers_is_cut_off(runs: Runs) -> None:
+    """uvicorn times out only idle keep-alive connections: half a request's headers, or nothing at all, held a
+    socket open for good. With --request-timeout 1 the server answers 408 and closes, whole requests still work."""
+    with serving(runs.text, "--request-timeout", "1") as (port, _):
+        half, silent = (socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2))
+        with half, silent:
+            started = time.monotonic()
+            half.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: applic")
+            reply, closed = until_closed(half)
+            assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+            detail = json.loads(reply.split(b"\r\n\r\n", 1)[1])["detail"]
+            assert "headers did not arrive within 1 s (--request-timeout)" in detail
+            assert 0.8 < closed - started < 5, closed - started
+            assert until_closed(silent)[0].startswith(b"HTTP/1.1 408")  # connected, never wrote: the same
+        # a keep-alive connection: one whole request answered, then the next one's half headers cut off
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as kept:
+            kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = kept.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200 OK"), first
+            kept.sendall(b"GET /health HTTP/1.1\r\nHo")
+            later, closed = until_closed(kept)
+            assert b"HTTP/1.1 408" in first + later and closed - started < 15
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ARTICLES[:1]}, timeout=30)
+        assert answer.status_code == 200, answer.text

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from graftune.errors import InputWarning, UserError
+from graftune.generation import MAX_SEED, MIN_TEMPERATURE, check_generation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune pre-trained neural networks for a new task.")
@@ -317,10 +318,12 @@ def report(
 def generate(
     run: Annotated[Path, typer.Argument(help="run directory of a causal-lm run")],
     prompt: Annotated[str, typer.Option("--prompt", help="the text to continue (a pairs run: the prompt)")],
-    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, help="0: greedy")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help=(
+        "at most this many new tokens; with the prompt's within the model's context"))] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help=f"0: greedy; else at least {MIN_TEMPERATURE:g}")]
+    = None,
     top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED)] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
     """Generate text with a fine-tuned language model, streamed as it comes."""
@@ -328,7 +331,14 @@ def generate(
 
     if not prompt.strip():
         raise UserError("--prompt: empty prompt.")
+    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:  # the scaled logits would overflow
+        raise UserError(f"--temperature {temperature:g}: give 0 (greedy) or at least {MIN_TEMPERATURE:g}.")
     fine_tuned = load(run, trust_code=trust_code)
+    task = fine_tuned.task
+    room = task.generation_room(fine_tuned.model, fine_tuned.preprocess, prompt)
+    if room is not None:  # said with the flags' names, before the task's own check says it with its options'
+        check_generation(room, max_new_tokens or task.settings.generation.max_new_tokens, "--prompt",
+                         "--max-new-tokens")
     options = {key: value for key, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature),
                                              ("top_p", top_p), ("seed", seed)) if value is not None}
     fine_tuned.task.generate(fine_tuned.model, fine_tuned.preprocess, prompt,
@@ -347,6 +357,8 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0.0,
                                                help="how long a batch waits for more requests")] = 5.0,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="largest request body (413 above)")] = 16.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help=(
+        "seconds a client has to send its headers, and between two parts of its body (408 past it)"))] = 20.0,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
     """Serve a fine-tuned run over HTTP: POST /predict (or /generate for a language model), API docs at /docs."""
@@ -354,7 +366,8 @@ def serve(
 
     try:
         serve_run(run, host, port, workers, max_batch, max_wait_ms, max_body_mb, trust_code,
-                  on_ready=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False))
+                  on_ready=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
+                  request_timeout=request_timeout)
     except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the usual way to stop
         console.print("stopped.")
 

@@ -1469,6 +1469,41 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     return ["demo", "--out", user / "work"], [f"{user / 'work'}: run directory exists"]
 
 
+# issue 20: serve and generation bounds
+
+
+def lm_run(user: Path, kit: Kit) -> Path:
+    """A finished causal-lm run of the tiny Llama (a context of 256 positions) on three articles."""
+    corpus = user / "corpus"
+    corpus.mkdir()
+    for article in sorted((kit.text / "tech").glob("*.txt"))[:3]:
+        (corpus / article.name).write_text(article.read_text()[:600])
+    graftune.train({"task": "causal-lm", "model": {"source": f"hf:{kit.llama}"}, "strategy": {"name": "full"},
+                    "data": {"train": str(corpus), "block_size": 32, "split": {"val": 0.34, "test": 0.0}},
+                    "train": {"epochs": 1, "batch_size": 4, "progress": False},
+                    "generation": {"samples": 0}}, user / "lm-run", console=Console(quiet=True))
+    return user / "lm-run"
+
+
+@case("generate: --max-new-tokens past the model's context")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["generate", lm_run(user, kit), "--prompt", "the new computer", "--max-new-tokens", "300"], [
+        "--max-new-tokens 300: with the prompt's 3 tokens that is over the model's context of 256 tokens",
+        "Give --max-new-tokens at most 253"]
+
+
+@case("generate: a prompt longer than the model's context")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["generate", lm_run(user, kit), "--prompt", "word " * 300], [
+        "--prompt: 300 tokens; the model reads at most 256 (its context)", "Shorten the prompt"]
+
+
+@case("generate: a seed past what torch takes")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["generate", copy(kit.text_run, user, "run"), "--prompt", "hi", "--seed", str(2**70)], [
+        "--seed", "18446744073709551615"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 

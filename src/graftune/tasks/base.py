@@ -47,6 +47,7 @@ from graftune.data.inputs import EncodeInputs, input_encoder
 from graftune.data.readers import Example, read_prediction_inputs
 from graftune.data.splits import Splits
 from graftune.errors import UserError
+from graftune.generation import GenerationRoom
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
@@ -223,8 +224,14 @@ class Task(ABC):
 
     def generate(self, model: GraftedModel, preprocess: Preprocess, prompt: str, on_text: Callable[[str], None],
                  **options: Any) -> str:
-        """`graftune generate`: text that continues `prompt`, streamed to `on_text` as it comes."""
+        """`graftune generate`: text that continues `prompt`, streamed to `on_text` as it comes. Raises UserError
+        (see `check_generation`) for a prompt and `max_new_tokens` that do not fit the model's context."""
         raise UserError(f"generate is for tasks that produce text; this run's task is {self.name}. Use predict.")
+
+    def generation_room(self, model: GraftedModel, preprocess: Preprocess, prompt: str) -> GenerationRoom | None:
+        """How many tokens `prompt` takes as `generate` reads it, and how many the model reads at most; None for
+        a task that does not generate or a model whose context is unknown."""
+        return None
 
     @abstractmethod
     def summary(self, results: dict[str, Any]) -> str:

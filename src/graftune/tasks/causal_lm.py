@@ -31,6 +31,7 @@ from graftune.data.corpus import Form, corpus_form, read_texts, split_documents
 from graftune.data.readers import Example
 from graftune.data.splits import Splits, refuse_training_data_held_out, warn_held_out_overlap
 from graftune.errors import InputWarning, UserError
+from graftune.generation import GenerationRoom, check_generation
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
@@ -221,8 +222,7 @@ class CausalLM(Task):
         """Text that follows `prompt` (rendered as training rendered prompts), with the run's generation
         settings unless `options` say otherwise."""
         generation = self.settings.generation.model_copy(update=options)
-        ids = torch.tensor([self.prompt_ids(tokenizer, prompt) if self.form == "pairs" else
-                            _ids(tokenizer, prompt)])
+        ids = torch.tensor([self._generation_ids(tokenizer, prompt)])
         language_model = _language_model(model)
         device = next(language_model.parameters()).device
         streamer = _streamer(tokenizer, on_text) if on_text else None
@@ -241,7 +241,22 @@ class CausalLM(Task):
 
     def generate(self, model: GraftedModel, preprocess: Preprocess, prompt: str, on_text: Callable[[str], None],
                  **options: Any) -> str:
+        """Refuses a prompt and max_new_tokens past the model's context (where its positions run out: slow,
+        wrong text, or an error). Only here, for a user's prompt: the run's own samples generate unchecked, as
+        they always have, from prompts that training already fitted into its blocks."""
+        room = self.generation_room(model, preprocess, prompt)
+        if room is not None:
+            check_generation(room, options.get("max_new_tokens", self.settings.generation.max_new_tokens))
         return self._generate(model, _tokenizer(preprocess), prompt, on_text, **options)
+
+    def generation_room(self, model: GraftedModel, preprocess: Preprocess, prompt: str) -> GenerationRoom | None:
+        tokenizer = _tokenizer(preprocess)
+        context = _context(_language_model(model), tokenizer)
+        return None if context is None else GenerationRoom(len(self._generation_ids(tokenizer, prompt)), context)
+
+    def _generation_ids(self, tokenizer: Any, prompt: str) -> list[int]:
+        """The prompt's tokens as generation reads them: rendered as training rendered a pair's prompts."""
+        return self.prompt_ids(tokenizer, prompt) if self.form == "pairs" else _ids(tokenizer, prompt)
 
     def read_labelled(self, path: str | Path, input_column: str | None, label_column: str) -> list[Example]:
         data = self.settings.data.model_copy(update={"input_column": input_column or self.settings.data.input_column})
@@ -315,6 +330,16 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     """Token ids of `text` without special tokens (quietly: documents may be longer than the model reads,
     and are packed into blocks)."""
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def _context(language_model: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model reads: its position count, else the tokenizer's limit when it sets a real one
+    (Transformers puts a huge placeholder there otherwise), else unknown."""
+    positions = getattr(language_model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        return positions
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
 
 
 def _perplexity(loss: float) -> float:
