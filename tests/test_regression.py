@@ -135,3 +135,19 @@ def test_an_onnx_export_gives_the_value_with_its_target_file(regression_run: tup
         expected = model.model({"pixel_values": pixels}).reshape(-1).numpy() * model.task.std + model.task.mean
     np.testing.assert_allclose(values, expected, rtol=1e-4)
     assert abs(values[0] - rows[0]["predicted"]) < 0.01 * abs(rows[0]["predicted"])  # and what the run predicted
+
+
+def test_a_chained_run_reports_what_it_forgot_of_a_regression(regression_run: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    """Task A is a regression: forgetting compares its RMSE (lower is better) before and after training B."""
+    run, test = regression_run
+    train = brightness_table(tmp_path / "b", 32, 2)
+    config = {"task": "image-regression", "model": {"source": f"run:{run}"},
+              "data": {"train": str(train), "label_column": "brightness", "image_size": 16, "augment": False},
+              "optim": {"lr": 3e-2}, "train": {"epochs": 2, "batch_size": 8, "progress": False,
+                                               "mixed_precision": "bf16"}}
+    graftune.train(config, out=tmp_path / "chained", console=Console(quiet=True), trust_code=True)
+    forgetting = json.loads((tmp_path / "chained" / "results.json").read_text())["forgetting"]
+    own = json.loads((run / "results.json").read_text())["test"]
+    assert forgetting["before"]["rmse"] == pytest.approx(own["rmse"], abs=1e-6)
+    assert forgetting["rmse_drop"] == pytest.approx(forgetting["after"]["rmse"] - forgetting["before"]["rmse"])

@@ -9,7 +9,7 @@ data moved), on `regularize.retain` (labelled data of A). A's own test split com
 would flatter it. `results.json` reports both scores under `forgetting`, with the drop.
 
     >>> original = OriginalTask.of("runs/a", retain=None, trust_code=False)
-    >>> original.score(body, accelerator)        # {"accuracy": ..., "macro_f1": ..., "examples": ...}
+    >>> original.score(body, accelerator)        # A's scalar test scores: {"accuracy": ..., "examples": ...}
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from graftune.grafted import GraftedModel
 from graftune.loaders import eval_batches, eval_loader
 from graftune.loop import evaluate
 from graftune.rundir import RunDir
-
-KEPT = ("accuracy", "macro_f1", "balanced_accuracy", "loss", "examples")
 
 
 @dataclass
@@ -65,12 +63,15 @@ class OriginalTask:
                                                              eval_batches(task, items, preprocess, 64)))
         with self.parent.autocast():  # A's precision, before and after: "before" is then A's own test, exactly
             results = task.test_results(evaluate(model, loader, task.step, accelerator))
-        return {key: results[key] for key in KEPT if key in results}
+        return {key: value for key, value in results.items() if isinstance(value, int | float)}
 
     def report(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-        """The `forgetting` section of results.json."""
+        """The `forgetting` section of results.json: both scores and how much A's headline score got worse (its
+        `HEADLINE_drop`: positive when A is done worse after, for a score to raise or to lower alike)."""
+        task = self.parent.task
+        worse = before[task.headline] - after[task.headline]
         return {"task": str(self.folder), "examples": self.source, "before": before, "after": after,
-                "accuracy_drop": before["accuracy"] - after["accuracy"]}
+                f"{task.headline}_drop": worse if task.headline_direction() == "max" else -worse}
 
 
 def _recorded_test_split(run_dir: Path, parent: FineTuned, warn: bool) -> list[Example]:

@@ -505,7 +505,8 @@ class Run:
                                 f"space, then finish with: graftune train --resume {folder.path}") from None
         self.console.print(f"test {task.summary(test)}; best epoch {state.best_epoch}")
         if self.original is not None:
-            self.console.print(f"task A ({self.original.folder}): accuracy {scores['original']['accuracy']:.4f} "
+            headline = self.original.parent.task.headline
+            self.console.print(f"task A ({self.original.folder}): {headline} {scores['original'][headline]:.4f} "
                                "after training on this task")
         self.console.print(f"run saved in {folder.path}")
         return RunResult(folder.path, test, state.best_epoch, state.epoch)

@@ -78,6 +78,9 @@ class Task(ABC):
     # train.early_stopping.metric must be one of them.
     metrics: ClassVar[dict[str, Literal["max", "min"]]]
     default_metric: ClassVar[str]
+    # The test score that says most in one number (a key of `test_results`; its direction is that of
+    # "val_" + it in `metrics`): what forgetting compares and what a run prints of a task it came from.
+    headline: ClassVar[str] = "loss"
     # What the body must give: features for a new head, or a language model's own next-token logits.
     needs: ClassVar[Literal["features", "logits"]] = "features"
     default_strategy: ClassVar[str | None] = None  # strategy `auto` with nothing frozen; None: full
@@ -92,6 +95,10 @@ class Task(ABC):
     def __init__(self, settings: Config, schema: dict[str, Any]) -> None:
         self.settings = settings
         self.schema = schema
+
+    @classmethod
+    def headline_direction(cls) -> Literal["max", "min"]:
+        return cls.metrics.get(f"val_{cls.headline}", "min")
 
     # --- before the model exists -----------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class Classification(Task):
         "val_accuracy": "max", "val_macro_f1": "max", "val_balanced_accuracy": "max", "val_roc_auc": "max",
         "val_loss": "min"}
     default_metric = "val_accuracy"
+    headline = "accuracy"
     convex_head = True  # multinomial logistic regression on the pooled features
     prediction_fields: ClassVar[frozenset[str]] = frozenset({"label", "predicted", "confidence", "probabilities"})
 

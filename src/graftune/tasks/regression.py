@@ -46,6 +46,7 @@ class Regression(Task):
         "val_rmse": "min", "val_mae": "min", "val_r2": "max", "val_pearson": "max", "val_spearman": "max",
         "val_loss": "min"}
     default_metric = "val_rmse"
+    headline = "rmse"
     convex_head = True  # squared error of a linear head: the exact probe solves ridge regression
     prediction_fields: ClassVar[frozenset[str]] = frozenset({"target", "predicted"})
 
