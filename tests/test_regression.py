@@ -140,7 +140,7 @@ def test_an_onnx_export_gives_the_value_with_its_target_file(regression_run: tup
 def test_a_chained_run_reports_what_it_forgot_of_a_regression(regression_run: tuple[Path, Path],
                                                               tmp_path: Path) -> None:
     """Task A is a regression: forgetting compares its RMSE (lower is better) before and after training B."""
-    run, test = regression_run
+    run, _ = regression_run
     train = brightness_table(tmp_path / "b", 32, 2)
     config = {"task": "image-regression", "model": {"source": f"run:{run}"},
               "data": {"train": str(train), "label_column": "brightness", "image_size": 16, "augment": False},

@@ -172,6 +172,10 @@ def make_plan(task: str, models: list[str], data: str, overrides: list[str], sam
     """Score every candidate on one sample and recommend; returns what plan.json holds."""
     if not models:
         raise UserError("--model: give at least one candidate model (repeat --model to compare several).")
+    if not get_task(task).plannable:
+        raise UserError(f"--task {task}: plan scores how well frozen features separate classes, so it ranks models "
+                        "for classification tasks only. For this task, compare candidates with short runs (graftune "
+                        "tune, or graftune train with --epochs 1 on each).")
     configs = [candidate_config(task, model, data, overrides) for model in models]
     full = get_task(task).read_data(configs[0].data)
     chosen = sample(full, sample_size, seed=configs[0].train.seed)

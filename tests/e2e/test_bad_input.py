@@ -1504,6 +1504,34 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
         "--seed", "18446744073709551615"]
 
 
+@case("plan: a task it cannot score")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "scores.csv", "text,y\n" + "".join(f"text {n},{n}\n" for n in range(12)))
+    return ["plan", "--task", "text-regression", "--model", f"hf:{kit.bert}", "--data", path, "--out",
+            user / "plan"], ["--task text-regression", "classification tasks only"]
+
+
+@case("regression: a target that is no number")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "scores.csv", "text,y\n" + "".join(f"text {n},{n}\n" for n in range(12)) + "odd,high\n")
+    return ["train", "--task", "text-regression", "--model", f"hf:{kit.bert}", "--data", path, "--set",
+            "data.label_column=y", "--out", user / "run"], [f"{path}:14", "'high', not a number"]
+
+
+@case("regression: class folders")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["train", "--task", "text-regression", "--model", f"hf:{kit.bert}", "--data", copy(kit.text, user, "news"),
+            "--out", user / "run"], ["class folders hold classes", "CSV or JSONL"]
+
+
+@case("regression: an infinite target")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "scores.jsonl", "".join(f'{{"text": "t {n}", "y": {n}}}\n' for n in range(12))
+                 + '{"text": "odd", "y": "inf"}\n')
+    return ["train", "--task", "text-regression", "--model", f"hf:{kit.bert}", "--data", path, "--set",
+            "data.label_column=y", "--out", user / "run"], [f"{path}:13", "finite number"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 

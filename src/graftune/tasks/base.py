@@ -89,6 +89,8 @@ class Task(ABC):
     convex_head: ClassVar[bool] = False
     # Score the test split (and `forgetting_examples`) with the pre-trained model too, for a before/after.
     evaluates_before: ClassVar[bool] = False
+    # `graftune plan` scores candidates by how well their frozen features separate the task's classes.
+    plannable: ClassVar[bool] = False
     # The fields every row of `test_predictions` has (RUN/test_predictions.jsonl), checked when the report reads it.
     prediction_fields: ClassVar[frozenset[str]] = frozenset()
 

@@ -57,6 +57,7 @@ class Classification(Task):
         "val_loss": "min"}
     default_metric = "val_accuracy"
     headline = "accuracy"
+    plannable = True
     convex_head = True  # multinomial logistic regression on the pooled features
     prediction_fields: ClassVar[frozenset[str]] = frozenset({"label", "predicted", "confidence", "probabilities"})
 
