@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"staging", "settings", "lr_find", "tasks.base", "tasks.heads", "tasks.lm_batches", "tasks.temporal"},
     {"tasks.classification", "tasks.image_classification", "tasks.text_classification", "tasks.causal_lm",
      "tasks.video_classification", "tasks.classification_report", "tasks.regression", "tasks.regression_report",
-     "loaders", "fit", "space"},
+     "tasks.multilabel", "loaders", "fit", "space"},
     {"artifacts", "forgetting", "report"},
     {"run", "exporting", "exporting.batches", "exporting.check", "exporting.bundle", "exporting.onnx_file",
      "exporting.torchscript_file", "exporting.hf_folder"},

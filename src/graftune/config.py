@@ -98,6 +98,8 @@ class DataConfig(Section):
     format: Literal["auto", "folder", "csv", "jsonl"] = "auto"
     input_column: str | None = Field(None, description="column with the text or image path (auto: text/image/path)")
     label_column: str = "label"
+    label_separator: str = Field("|", min_length=1, description="multi-label tasks: what separates the labels of "
+                                                                "one example in a CSV cell ('business|politics')")
     encoding: str = Field("utf-8", description="text encoding of .txt, CSV and JSONL files (latin-1, cp1252, ...)")
     split: SplitConfig = SplitConfig()
     max_length: int = Field(256, gt=0, description="token limit for text backbones")

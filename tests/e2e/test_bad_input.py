@@ -1532,6 +1532,21 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
             "data.label_column=y", "--out", user / "run"], [f"{path}:13", "finite number"]
 
 
+@case("multi-label: a label given twice in a row")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "tags.csv", "text,tags\n" + "".join(f"text {n},a|b\n" for n in range(12)) + "odd,a|a\n")
+    return ["train", "--task", "text-multilabel", "--model", f"hf:{kit.bert}", "--data", path, "--set",
+            "data.label_column=tags", "--out", user / "run"], [f"{path}:14", "label 'a' given twice"]
+
+
+@case("multi-label: a label that is no string")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    path = table(user, "tags.jsonl", "".join(f'{{"text": "t {n}", "tags": ["a"]}}\n' for n in range(12))
+                 + '{"text": "odd", "tags": ["a", 5]}\n')
+    return ["train", "--task", "text-multilabel", "--model", f"hf:{kit.bert}", "--data", path, "--set",
+            "data.label_column=tags", "--out", user / "run"], [f"{path}:13", "no string"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 

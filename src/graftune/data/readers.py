@@ -273,6 +273,32 @@ def number_label(value: object, column: str, where: str) -> str:
     return repr(number)
 
 
+def label_list(separator: str) -> LabelOf:
+    """A multi-label cell reader: a JSON list of strings, or text split on `separator`; the labels are kept
+    as a JSON list, sorted (Example.label stays a string). An empty list is allowed (no label applies);
+    a label given twice, or one that is no string, is refused with the file and line."""
+
+    def read(value: object, column: str, where: str) -> str:
+        if isinstance(value, list):
+            labels = value
+        elif isinstance(value, str):
+            labels = [part.strip() for part in value.split(separator)] if value.strip() else []
+        else:
+            raise UserError(f"{where}: the labels in column '{column}' are {json.dumps(value)[:40]}; give a list of "
+                            f"strings (JSONL) or labels separated by '{separator}' (data.label_separator).")
+        if not all(isinstance(label, str) and label.strip() for label in labels):
+            raise UserError(f"{where}: the labels in column '{column}' ({json.dumps(value)[:60]}) hold an empty label "
+                            "or one that is no string; every label is a non-empty string.")
+        names = [label.strip() for label in labels]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise UserError(f"{where}: label {', '.join(repr(n) for n in twice)} given twice in column '{column}'; "
+                            "list each label of an example once.")
+        return json.dumps(sorted(names))
+
+    return read
+
+
 def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality, input_column: str | None,
               skipped: list[str] | None = None) -> str | None:
     """The checked text, or the path of the checked image or video (relative to the table's folder), of one row;

@@ -22,6 +22,8 @@ BUILTIN = {
     "video-classification": "graftune.tasks.video_classification:VideoClassification",
     "text-regression": "graftune.tasks.regression:TextRegression",
     "image-regression": "graftune.tasks.regression:ImageRegression",
+    "text-multilabel": "graftune.tasks.multilabel:TextMultiLabel",
+    "image-multilabel": "graftune.tasks.multilabel:ImageMultiLabel",
 }
 _REGISTERED: dict[str, type[Task]] = {}
 
