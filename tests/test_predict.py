@@ -4,6 +4,7 @@ predict gives the task's answer for new inputs, and what is not a model folder i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import helpers
@@ -13,6 +14,7 @@ from rich.console import Console
 import graftune
 from graftune.artifacts import load_model
 from graftune.errors import UserError
+from tests.e2e.cli import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +82,9 @@ def test_predict_gives_labels_with_probabilities(trained: tuple[Path, Path]) -> 
     for result in results:
         probabilities = result["probabilities"]
         assert set(probabilities) == {"blue", "green", "red"} and sum(probabilities.values()) == pytest.approx(1)
-        assert result["label"] == max(probabilities, key=probabilities.__getitem__)
+        assert result["label"] == result["argmax"] == max(probabilities, key=probabilities.__getitem__)
+        assert result["decision"] == {"rule": "argmax"}  # three classes: no threshold
+        assert result["file"] == result["input"]  # the row names the image it is about
     fine_tuned = load_model(run, trust_code=True)
     evaluation = fine_tuned.evaluate(fine_tuned.task.read_labelled(test, None, "label"))
     right = sum(r["label"] == Path(r["input"]).parent.name for r in results)
@@ -118,3 +122,37 @@ def test_model_folders_of_another_format_are_refused(trained: tuple[Path, Path])
     info_path.write_text(json.dumps({**info, "format": 1}))
     with pytest.raises(UserError, match="model format 1"):
         graftune.load(run, trust_code=True)
+
+
+# --- predictions that describe themselves (issue 21) -------------------------------------------------------
+
+
+def test_a_binary_classifier_states_its_threshold_and_keeps_the_argmax(tmp_path: Path) -> None:
+    """The label is decided at the validated threshold, and the row says so: the rule, the label it is on and
+    the argmax beside it, so a threshold that overrides the argmax is seen, not hidden."""
+    data = helpers.write_colour_folders(tmp_path / "colours", per_class=8)
+    shutil.rmtree(data / "green")  # two classes: blue, red
+    config = {"task": "image-classification", "model": {"source": "module:helpers:tiny_cnn"},
+              "data": {"train": str(data), "image_size": 16, "augment": False}, "freeze": {"body": 1},
+              "train": {"epochs": 2, "batch_size": 8, "progress": False}}
+    run = graftune.train(config, tmp_path / "run", console=Console(quiet=True)).dir
+    files = sorted(str(p) for p in data.glob("*/*.png"))
+    info_path = run / "model" / "graftune.json"
+    info = json.loads(info_path.read_text())
+    assert "threshold" in info["schema"]
+    [first] = graftune.predict(run, files=files[:1], trust_code=True)
+    red = first["probabilities"]["red"]
+    threshold = red / 2 if first["argmax"] == "blue" else (1 + red) / 2  # the first file's label flips
+    info_path.write_text(json.dumps({**info, "schema": {**info["schema"], "threshold": threshold}}))
+
+    rows = graftune.predict(run, files=files, trust_code=True)
+    for row, file in zip(rows, files, strict=True):
+        probabilities = row["probabilities"]
+        assert row["decision"] == {"rule": "threshold", "on": "red", "threshold": threshold}
+        assert row["argmax"] == max(probabilities, key=probabilities.__getitem__)
+        assert row["label"] == ("red" if probabilities["red"] >= threshold else "blue")
+        assert row["file"] == row["input"] == file
+    assert rows[0]["label"] != rows[0]["argmax"]
+    code, output = run_cli("predict", str(run), files[0], "--trust-code")
+    assert code == 0, output
+    assert f"vs threshold {threshold:.3g}; argmax {rows[0]['argmax']}" in " ".join(output.split())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import socket
@@ -166,6 +167,23 @@ def test_video_clips_are_served_as_uploads(runs: Runs) -> None:
     assert close_to(served.json()["predictions"], [{**direct, "input": clip.name}], tolerance=1e-6)
     bad = client.post("/predict", files=[("files", ("clip.mp4", b"not a video at all", "video/mp4"))])
     assert bad.status_code == 422 and "clip.mp4" in bad.json()["detail"]
+
+
+def test_served_rows_state_their_input_and_decision_rule(text_client: TestClient, runs: Runs) -> None:
+    """Rows carry what `graftune predict --json` prints: the text, or the uploaded file's name (not the server's
+    copy of it), the argmax and the rule that decided; fields that do not apply are left out, not null."""
+    [row] = text_client.post("/predict", json={"texts": ARTICLES[:1]}).json()["predictions"]
+    assert row["text"] == ARTICLES[0] and "file" not in row
+    assert row["decision"] == {"rule": "argmax"} and row["argmax"] == row["label"]
+    clip = sorted((runs.clips / "grow").iterdir())[0]
+    client = TestClient(create_app(runs.video, trust_code=True))
+    served = client.post("/predict", files=[("files", (clip.name, clip.read_bytes(), "video/mp4"))])
+    [row] = served.json()["predictions"]
+    threshold = json.loads((runs.video / "model" / "graftune.json").read_text())["schema"]["threshold"]
+    assert row["file"] == row["input"] == clip.name and "text" not in row
+    assert row["decision"] == {"rule": "threshold", "on": "shrink", "threshold": threshold}
+    probabilities = row["probabilities"]
+    assert row["argmax"] == max(probabilities, key=probabilities.__getitem__)
 
 
 def test_generate_is_what_generate_writes(runs: Runs) -> None:

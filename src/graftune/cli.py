@@ -263,7 +263,8 @@ def predict(
     run: Annotated[Path, typer.Argument(help="run directory")],
     inputs: Annotated[list[str] | None, typer.Argument(help="image or text files")] = None,
     text: Annotated[list[str] | None, typer.Option("--text", help="a text to classify (repeatable)")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON lines: the input, the decided label, the argmax, "
+                                                             "the decision rule, all probabilities")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
     """The model's prediction for each input: for a classifier, the label and its probability."""

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,11 +57,23 @@ class PredictTexts(BaseModel):
     texts: list[str] = Field(description="texts to classify, at most --max-batch of them")
 
 
+class Decision(BaseModel):
+    """The rule that decided a prediction's label."""
+
+    rule: Literal["argmax", "threshold"]
+    on: str | None = Field(None, description="threshold: the label whose probability meets the threshold")
+    threshold: float | None = Field(None, description="threshold: the validated threshold on that probability")
+
+
 class Prediction(BaseModel):
-    """One input's prediction, as a line of `graftune predict --json`."""
+    """One input's prediction, as a line of `graftune predict --json` (fields that do not apply are left out)."""
 
     input: str = Field(description="'text N' (the Nth text of the request), or the uploaded file's name")
-    label: str
+    text: str | None = Field(None, description="the text classified (a text model)")
+    file: str | None = Field(None, description="the uploaded file's name (an image or video model)")
+    label: str = Field(description="the decided label")
+    argmax: str = Field(description="the most probable label, whatever the rule decided")
+    decision: Decision
     probabilities: dict[str, float]
 
 
@@ -171,7 +183,8 @@ def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.
         return Stats(requests=seen.requests, items=seen.items, batches=seen.batches, batch_sizes=dict(seen.sizes),
                      largest_batch=max(seen.sizes, default=0))
 
-    @app.post("/predict", response_model=Predictions, openapi_extra=_predict_body(task.modality))
+    @app.post("/predict", response_model=Predictions, response_model_exclude_none=True,
+              openapi_extra=_predict_body(task.modality))
     async def predict(request: Request) -> Predictions:
         """Predictions for texts (JSON) or uploaded files (multipart), batched with concurrent requests."""
         if not classifies:
@@ -192,7 +205,7 @@ def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.
         with tempfile.TemporaryDirectory(prefix="graftune-serve-") as folder:
             names, inputs = await _uploads(request, task, Path(folder), max_batch)
             results = await batcher.submit(inputs)
-        return Predictions(predictions=[Prediction(**{**result, "input": name})
+        return Predictions(predictions=[Prediction(**{**result, "input": name, "file": name})  # not the saved copy
                                         for name, result in zip(names, results, strict=True)])
 
     @app.post("/generate", response_model=Generated)
