@@ -3,6 +3,7 @@ predict gives the task's answer for new inputs, and what is not a model folder i
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -156,3 +157,44 @@ def test_a_binary_classifier_states_its_threshold_and_keeps_the_argmax(tmp_path:
     code, output = run_cli("predict", str(run), files[0], "--trust-code")
     assert code == 0, output
     assert f"vs threshold {threshold:.3g}; argmax {rows[0]['argmax']}" in " ".join(output.split())
+
+
+def write_table(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny-BERT run on a CSV whose columns are `body` and `topic`, not the defaults: (run, the CSV)."""
+    from graftune.datasets import write_bbc_news
+
+    root = tmp_path_factory.mktemp("reviews")
+    news = write_bbc_news(root / "news", per_class=6, seed=0)
+    table = write_table(root / "news.csv", [{"body": " ".join(f.read_text().split()[:60]), "topic": f.parent.name}
+                                            for f in sorted(news.glob("*/*.txt"))])
+    bert = helpers.write_tiny_bert(root / "bert", mean_pooling=True)
+    graftune.train({"task": "text-classification", "model": {"source": f"hf:{bert}"},
+                    "data": {"train": str(table), "input_column": "body", "label_column": "topic", "max_length": 32},
+                    "strategy": {"name": "linear-probe", "probe": "sgd"}, "train": {"epochs": 1, "progress": False}},
+                   root / "run", console=Console(quiet=True))
+    return root / "run", table
+
+
+def test_predict_takes_plain_texts_and_echoes_them(reviews: tuple[Path, Path]) -> None:
+    run, _ = reviews
+    model = graftune.load(run)
+    [row] = model.predict(["The striker scored twice"])
+    assert row["input"] == "text 1" and row["text"] == "The striker scored twice" and "file" not in row
+    assert row["label"] == row["argmax"] and row["decision"] == {"rule": "argmax"}
+    assert row["label"] == model.predict([("text 1", "The striker scored twice")])[0]["label"]
+    code, output = run_cli("predict", str(run), "--text", "Shares fell sharply", "--json")
+    assert code == 0, output
+    assert json.loads(output)["text"] == "Shares fell sharply"
+    with pytest.raises(TypeError, match="not a mixture"):
+        model.predict(["a text", ("name", "another")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="wrap a single one"):
+        model.predict("a lone text")

@@ -16,6 +16,7 @@ import contextlib
 import json
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -86,10 +87,30 @@ class FineTuned:
             return contextlib.nullcontext()
         return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
 
-    def predict(self, inputs: list[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
-        """One result per (name, input): for a classifier, the label and every class's probability."""
+    def predict(self, inputs: Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One result per input; for a classifier: its name and the input itself, the decided label, the argmax and
+        the rule that decided, every class's probability (see `Classification.predict`).
+
+        Inputs are plain strings: texts for a text model (named "text N"), file paths for an image or video model
+        (named by their path), read and checked as `graftune predict` reads them; or (name, input) pairs as
+        `task.read_inputs` gives them, used as they are. A list mixing the two is a TypeError.
+        """
         with self.autocast():
-            return self.task.predict(self.model, self.preprocess, inputs, batch_size)
+            return self.task.predict(self.model, self.preprocess, self._named(inputs), batch_size)
+
+    def _named(self, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(name, input) pairs for `inputs`, plain or paired."""
+        if isinstance(inputs, str):  # a lone string would be taken for a list of one-character texts
+            raise TypeError("predict takes a list of inputs; wrap a single one: predict([text]).")
+        pairs = [value for value in inputs if not isinstance(value, str)]
+        if len(pairs) == len(inputs):
+            return pairs
+        if pairs:
+            raise TypeError("predict takes plain inputs (str) or (name, input) pairs, not a mixture of both.")
+        plain = [value for value in inputs if isinstance(value, str)]
+        if self.task.modality == "text":
+            return self.task.read_inputs([], plain)
+        return self.task.read_inputs(plain, [])
 
     def evaluate(self, examples: list[Example], batch_size: int = 64) -> dict[str, Any]:
         """The task's test metrics on labelled examples, computed as the run computed its own."""
