@@ -198,3 +198,17 @@ def test_predict_takes_plain_texts_and_echoes_them(reviews: tuple[Path, Path]) -
         model.predict(["a text", ("name", "another")])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="wrap a single one"):
         model.predict("a lone text")
+
+
+def test_evaluate_reads_the_runs_own_column_names(reviews: tuple[Path, Path], tmp_path: Path) -> None:
+    """No flags needed for data shaped like the training data; a missing column is named with the flag that
+    sets it for evaluate, not the config key of training."""
+    run, table = reviews
+    rows = list(csv.DictReader(table.open(encoding="utf-8")))
+    assert graftune.evaluate(run, table)["examples"] == len(rows)
+    code, output = run_cli("evaluate", str(run), "--data", str(table))
+    assert code == 0 and "accuracy" in output, output
+    renamed = write_table(tmp_path / "renamed.csv", [{"body": r["body"], "category": r["topic"]} for r in rows])
+    with pytest.raises(UserError, match=r"no column 'topic'.* Set --label-column\.$"):
+        graftune.evaluate(run, renamed)
+    assert graftune.evaluate(run, renamed, label_column="category")["examples"] == len(rows)

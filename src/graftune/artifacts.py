@@ -29,7 +29,7 @@ from graftune.backbones.sources import MODEL_FORMAT, require_trust
 from graftune.config import validate
 from graftune.data import record
 from graftune.data.readers import Example
-from graftune.errors import UserError
+from graftune.errors import MissingColumn, UserError
 from graftune.grafted import GraftedModel
 from graftune.loaders import eval_batches, eval_loader
 from graftune.loop import evaluate
@@ -39,6 +39,9 @@ from graftune.rundir import RunDir
 from graftune.settings import load_configured_backbone, run_preprocess
 from graftune.tasks import get_task
 from graftune.tasks.base import Task
+
+# How `evaluate` (the command and graftune.evaluate) takes the column names, for its errors to name.
+EVALUATE_COLUMN_FLAGS = {"input": "--input-column", "label": "--label-column"}
 
 
 def save_model_folder(folder: Path, model: GraftedModel, backbone: Backbone, task: Task, preprocess: Preprocess,
@@ -111,6 +114,17 @@ class FineTuned:
         if self.task.modality == "text":
             return self.task.read_inputs([], plain)
         return self.task.read_inputs(plain, [])
+
+    def read_labelled(self, path: str | Path, input_column: str | None = None,
+                      label_column: str | None = None) -> list[Example]:
+        """New labelled data for `evaluate`, read with the run's own column names (its data.input_column and
+        data.label_column) unless others are given. A column that is not there is named with the flag that
+        sets it here (--label-column), not with the config key of training."""
+        data = self.task.settings.data
+        try:
+            return self.task.read_labelled(path, input_column or data.input_column, label_column or data.label_column)
+        except MissingColumn as err:
+            raise err.set_by(EVALUATE_COLUMN_FLAGS[err.role]) from None
 
     def evaluate(self, examples: list[Example], batch_size: int = 64) -> dict[str, Any]:
         """The task's test metrics on labelled examples, computed as the run computed its own."""

@@ -240,8 +240,10 @@ def tune(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run directory")],
     data: Annotated[Path, typer.Option(help="labelled data: class folders or CSV/JSONL")],
-    input_column: Annotated[str | None, typer.Option("--input-column")] = None,
-    label_column: Annotated[str, typer.Option("--label-column")] = "label",
+    input_column: Annotated[str | None, typer.Option("--input-column", help="a table's input column (default: the "
+                                                                            "run's data.input_column)")] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column", help="a table's label column (default: the "
+                                                                            "run's data.label_column)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print all metrics as JSON")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
@@ -249,7 +251,7 @@ def evaluate(
     from graftune.api import load
 
     fine_tuned = load(run, trust_code=trust_code)
-    metrics = fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column))
+    metrics = fine_tuned.evaluate(fine_tuned.read_labelled(data, input_column, label_column))
     if json_output:
         typer.echo(json.dumps(metrics, indent=2))
         return
