@@ -56,6 +56,7 @@ def test_load_returns_a_model_ready_to_predict(tmp_path: Path) -> None:
     assert isinstance(loaded, FineTuned) and not loaded.model.training
     image = str(next((data / "red").glob("*.png")))
     assert loaded.predict([(image, image)]) == graftune.predict(run.dir, files=[image], trust_code=True)
+    assert loaded.predict([image]) == loaded.predict([(image, image)])  # plain paths, named by themselves
 
 
 def test_errors_are_user_errors(tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def test_pairs_learn_the_completions_and_report_rouge(llama: Path, tmp_path: Pat
     assert results["test"]["perplexity"] < results["before"]["perplexity"] / 10
     assert results["test"]["samples"][0]["prompt"].startswith("capital of country")
     [prediction] = graftune.predict(run.dir, texts=["capital of country 4"])
-    assert set(prediction) == {"input", "completion"}
+    assert set(prediction) == {"input", "text", "completion"} and prediction["text"] == "capital of country 4"
 
 
 def test_retained_text_shows_what_the_model_forgot(llama: Path, news: Path, tmp_path: Path) -> None:

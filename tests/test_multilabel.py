@@ -121,3 +121,19 @@ def test_a_test_label_that_training_never_shows_is_refused(tmp_path: Path) -> No
     assert code == 2 and f"{test}:2: label 'c' in the test data does not appear in the training data" in message, output
     examples = read_examples(train, "text", label_column="tags", label_of=label_list("|"))
     assert json.loads(examples[1].label) == ["a", "b"]
+
+
+def test_serve_answers_label_lists(multilabel_run: tuple[Path, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from graftune.serve import create_app
+
+    run, test = multilabel_run
+    model = graftune.load(run, trust_code=True)
+    client = TestClient(create_app(run, fine_tuned=model))
+    image = test.parent / "3.png"
+    answer = client.post("/predict", files=[("files", ("3.png", image.read_bytes(), "image/png"))])
+    assert answer.status_code == 200, answer.text
+    (row,) = answer.json()["predictions"]
+    assert row["labels"] == model.predict([str(image)])[0]["labels"] and set(row["probabilities"]) == {
+        "blue", "green", "red"}

@@ -151,3 +151,20 @@ def test_a_chained_run_reports_what_it_forgot_of_a_regression(regression_run: tu
     own = json.loads((run / "results.json").read_text())["test"]
     assert forgetting["before"]["rmse"] == pytest.approx(own["rmse"], abs=1e-6)
     assert forgetting["rmse_drop"] == pytest.approx(forgetting["after"]["rmse"] - forgetting["before"]["rmse"])
+
+
+def test_serve_answers_numbers(regression_run: tuple[Path, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from graftune.serve import create_app
+
+    run, test = regression_run
+    model = graftune.load(run, trust_code=True)
+    client = TestClient(create_app(run, fine_tuned=model))
+    image = test.parent / "0.png"
+    answer = client.post("/predict", files=[("files", ("0.png", image.read_bytes(), "image/png"))])
+    assert answer.status_code == 200, answer.text
+    (row,) = answer.json()["predictions"]
+    assert row["file"] == "0.png" and row["value"] == pytest.approx(model.predict([str(image)])[0]["value"])
+    assert client.get("/metadata").json()["endpoints"] == ["/predict"]
+    assert "ValuePrediction" in client.get("/openapi.json").json()["components"]["schemas"]

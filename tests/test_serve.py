@@ -142,7 +142,7 @@ def test_health_metadata_stats_and_docs(text_client: TestClient, text_model: Fin
     assert {"/predict", "/generate", "/health", "/metadata", "/stats"} <= set(spec["paths"])
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert body["application/json"]["schema"]["properties"]["texts"]["type"] == "array"
-    assert "Prediction" in spec["components"]["schemas"] and "GenerateRequest" in spec["components"]["schemas"]
+    assert "LabelPrediction" in spec["components"]["schemas"] and "GenerateRequest" in spec["components"]["schemas"]
     assert text_client.get("/docs").status_code == 200
 
 
@@ -177,6 +177,23 @@ def test_video_clips_are_served_as_uploads(runs: Runs) -> None:
     assert bad.status_code == 422 and "clip.mp4" in bad.json()["detail"]
 
 
+def test_served_rows_state_their_input_and_decision_rule(text_client: TestClient, runs: Runs) -> None:
+    """Rows carry what `graftune predict --json` prints: the text, or the uploaded file's name (not the server's
+    copy of it), the argmax and the rule that decided; fields that do not apply are left out, not null."""
+    [row] = text_client.post("/predict", json={"texts": ARTICLES[:1]}).json()["predictions"]
+    assert row["text"] == ARTICLES[0] and "file" not in row
+    assert row["decision"] == {"rule": "argmax"} and row["argmax"] == row["label"]
+    clip = sorted((runs.clips / "grow").iterdir())[0]
+    client = TestClient(create_app(runs.video, trust_code=True))
+    served = client.post("/predict", files=[("files", (clip.name, clip.read_bytes(), "video/mp4"))])
+    [row] = served.json()["predictions"]
+    threshold = json.loads((runs.video / "model" / "graftune.json").read_text())["schema"]["threshold"]
+    assert row["file"] == row["input"] == clip.name and "text" not in row
+    assert row["decision"] == {"rule": "threshold", "on": "shrink", "threshold": threshold}
+    probabilities = row["probabilities"]
+    assert row["argmax"] == max(probabilities, key=probabilities.__getitem__)
+
+
 def test_generate_is_what_generate_writes(runs: Runs) -> None:
     model = graftune.load(runs.lm)
     client = TestClient(create_app(runs.lm, fine_tuned=model))
@@ -188,7 +205,7 @@ def test_generate_is_what_generate_writes(runs: Runs) -> None:
     assert served.json() == {"prompt": "the new computer", "completion": direct}
     assert client.get("/metadata").json()["endpoints"] == ["/generate"]
     wrong = client.post("/predict", json={"texts": ["hello"]})
-    assert wrong.status_code == 400 and "/predict serves classifiers" in wrong.json()["detail"]
+    assert wrong.status_code == 400 and "/predict serves tasks that predict" in wrong.json()["detail"]
     assert "causal-lm" in wrong.json()["detail"]
     empty = client.post("/generate", json={"prompt": "  "})
     assert empty.status_code == 422 and empty.json()["detail"] == "prompt: empty prompt."
@@ -271,8 +288,8 @@ def test_a_batch_holds_no_more_than_max_batch() -> None:
     ({"json": {"texts": ["a", " "]}}, 422, "texts[1]: empty text"),
     ({"json": {"texts": ["a"] * 9}}, 422, "texts: 9 items; at most 8 per request"),
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "this run classifies texts"),
-    ({"files": [("files", ("a.png", png((1, 2, 3)), "image/png"))]}, 415, "this run classifies texts"),
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "this run reads texts"),
+    ({"files": [("files", ("a.png", png((1, 2, 3)), "image/png"))]}, 415, "this run reads texts"),
     ({"json": {"texts": ["x" * 20_000]}}, 413, "over the limit of 10485 bytes (--max-body-mb 0.01)"),
     # issue 20: whatever a body holds, a 4xx that says what is wrong, never a 500
     ({"content": b'{"texts": ' + b"[" * 1000 + b"]" * 1000 + b"}", "headers": JSON}, 400,
@@ -314,7 +331,7 @@ def test_an_oversize_body_without_a_length_is_refused_before_it_is_all_read(text
 
 
 @pytest.mark.parametrize(("request_kwargs", "status", "fragment"), [
-    ({"json": {"texts": ["a cat"]}}, 415, "this run classifies images: send image files as a multipart"),
+    ({"json": {"texts": ["a cat"]}}, 415, "this run reads images: send image files as a multipart"),
     ({"files": [("files", ("notes.png", b"not an image", "image/png"))]}, 422,
      "notes.png: cannot read image notes.png"),
     ({"files": [("files", ("notes.txt", b"hello", "text/plain"))]}, 422, "notes.txt: not an image file"),

@@ -73,10 +73,12 @@ def predict(run_dir: str | Path, files: list[str] | None = None, texts: list[str
 
 
 def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = None,
-             label_column: str = "label", batch_size: int = 64, trust_code: bool = False) -> dict[str, Any]:
-    """Metrics of a saved run on new labelled data (class folders or CSV/JSONL)."""
+             label_column: str | None = None, batch_size: int = 64, trust_code: bool = False) -> dict[str, Any]:
+    """Metrics of a saved run on new labelled data (class folders or CSV/JSONL). A table's columns are those the
+    run trained with (its data.input_column and data.label_column) unless `input_column` / `label_column` say
+    otherwise."""
     fine_tuned = load_model(run_dir, trust_code=trust_code)
-    return fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column), batch_size)
+    return fine_tuned.evaluate(fine_tuned.read_labelled(data, input_column, label_column), batch_size)
 
 
 def export(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, overwrite: bool = False,

@@ -16,6 +16,7 @@ import contextlib
 import json
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -28,7 +29,7 @@ from graftune.backbones.sources import MODEL_FORMAT, require_trust
 from graftune.config import validate
 from graftune.data import record
 from graftune.data.readers import Example
-from graftune.errors import UserError
+from graftune.errors import MissingColumn, UserError
 from graftune.grafted import GraftedModel
 from graftune.loaders import eval_batches, eval_loader
 from graftune.loop import evaluate
@@ -38,6 +39,9 @@ from graftune.rundir import RunDir
 from graftune.settings import load_configured_backbone, run_preprocess
 from graftune.tasks import get_task
 from graftune.tasks.base import Task
+
+# How `evaluate` (the command and graftune.evaluate) takes the column names, for its errors to name.
+EVALUATE_COLUMN_FLAGS = {"input": "--input-column", "label": "--label-column"}
 
 
 def save_model_folder(folder: Path, model: GraftedModel, backbone: Backbone, task: Task, preprocess: Preprocess,
@@ -86,10 +90,41 @@ class FineTuned:
             return contextlib.nullcontext()
         return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
 
-    def predict(self, inputs: list[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
-        """One result per (name, input): for a classifier, the label and every class's probability."""
+    def predict(self, inputs: Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One result per input; for a classifier: its name and the input itself, the decided label, the argmax and
+        the rule that decided, every class's probability (see `Classification.predict`).
+
+        Inputs are plain strings: texts for a text model (named "text N"), file paths for an image or video model
+        (named by their path), read and checked as `graftune predict` reads them; or (name, input) pairs as
+        `task.read_inputs` gives them, used as they are. A list mixing the two is a TypeError.
+        """
         with self.autocast():
-            return self.task.predict(self.model, self.preprocess, inputs, batch_size)
+            return self.task.predict(self.model, self.preprocess, self._named(inputs), batch_size)
+
+    def _named(self, inputs: Sequence[str] | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(name, input) pairs for `inputs`, plain or paired."""
+        if isinstance(inputs, str):  # a lone string would be taken for a list of one-character texts
+            raise TypeError("predict takes a list of inputs; wrap a single one: predict([text]).")
+        pairs = [value for value in inputs if not isinstance(value, str)]
+        if len(pairs) == len(inputs):
+            return pairs
+        if pairs:
+            raise TypeError("predict takes plain inputs (str) or (name, input) pairs, not a mixture of both.")
+        plain = [value for value in inputs if isinstance(value, str)]
+        if self.task.modality == "text":
+            return self.task.read_inputs([], plain)
+        return self.task.read_inputs(plain, [])
+
+    def read_labelled(self, path: str | Path, input_column: str | None = None,
+                      label_column: str | None = None) -> list[Example]:
+        """New labelled data for `evaluate`, read with the run's own column names (its data.input_column and
+        data.label_column) unless others are given. A column that is not there is named with the flag that
+        sets it here (--label-column), not with the config key of training."""
+        data = self.task.settings.data
+        try:
+            return self.task.read_labelled(path, input_column or data.input_column, label_column or data.label_column)
+        except MissingColumn as err:
+            raise err.set_by(EVALUATE_COLUMN_FLAGS[err.role]) from None
 
     def evaluate(self, examples: list[Example], batch_size: int = 64) -> dict[str, Any]:
         """The task's test metrics on labelled examples, computed as the run computed its own."""

@@ -241,8 +241,10 @@ def tune(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run directory")],
     data: Annotated[Path, typer.Option(help="labelled data: class folders or CSV/JSONL")],
-    input_column: Annotated[str | None, typer.Option("--input-column")] = None,
-    label_column: Annotated[str, typer.Option("--label-column")] = "label",
+    input_column: Annotated[str | None, typer.Option("--input-column", help="a table's input column (default: the "
+                                                                            "run's data.input_column)")] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column", help="a table's label column (default: the "
+                                                                            "run's data.label_column)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print all metrics as JSON")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
@@ -250,7 +252,7 @@ def evaluate(
     from graftune.api import load
 
     fine_tuned = load(run, trust_code=trust_code)
-    metrics = fine_tuned.evaluate(fine_tuned.task.read_labelled(data, input_column, label_column))
+    metrics = fine_tuned.evaluate(fine_tuned.read_labelled(data, input_column, label_column))
     if json_output:
         typer.echo(json.dumps(metrics, indent=2))
         return
@@ -264,7 +266,8 @@ def predict(
     run: Annotated[Path, typer.Argument(help="run directory")],
     inputs: Annotated[list[str] | None, typer.Argument(help="image or text files")] = None,
     text: Annotated[list[str] | None, typer.Option("--text", help="a text to classify (repeatable)")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON lines: the input, the decided label, the argmax, "
+                                                             "the decision rule, all probabilities")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
 ) -> None:
     """The model's prediction for each input: for a classifier, the label and its probability."""

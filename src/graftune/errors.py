@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Literal
 
 
 class UserError(Exception):
@@ -15,6 +16,19 @@ class UserError(Exception):
 
     The message names the file, line or key involved and says what to do.
     """
+
+
+class MissingColumn(UserError):
+    """A table without the column named for its inputs or labels. The message ends by saying where that name
+    is set: a config key (data.label_column) by default; `set_by` words it for a command that takes it as a
+    flag (`graftune evaluate --label-column`), where the config key would send the user to the wrong place."""
+
+    def __init__(self, problem: str, role: Literal["input", "label"], setting: str) -> None:
+        super().__init__(f"{problem} Set {setting}.")
+        self.problem, self.role = problem, role
+
+    def set_by(self, setting: str) -> MissingColumn:
+        return MissingColumn(self.problem, self.role, setting)
 
 
 class InputWarning(UserWarning):

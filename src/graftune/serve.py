@@ -43,7 +43,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -89,18 +89,6 @@ class PredictTexts(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     texts: list[Text] = Field(description="texts to classify, at most --max-batch of them")
-
-
-class Prediction(BaseModel):
-    """One input's prediction, as a line of `graftune predict --json`."""
-
-    input: str = Field(description="'text N' (the Nth text of the request), or the uploaded file's name")
-    label: str
-    probabilities: dict[str, float]
-
-
-class Predictions(BaseModel):
-    predictions: list[Prediction]
 
 
 class GenerateRequest(BaseModel):
@@ -184,7 +172,11 @@ def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.
         lambda items: model.predict(items, batch_size=len(items)), max_batch, max_wait_ms / 1000)
     limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb)
     generates = type(task).generate is not Task.generate
-    classifies = not generates and "labels" in task.schema
+    row = task.prediction_model  # the task's own answer shape: labels, a value, label lists...
+    predicts = not generates and row is not None
+    # One input's prediction, as a line of `graftune predict --json` (fields that do not apply are left out).
+    predictions_model = None if row is None else create_model(
+        "Predictions", predictions=(list[row], ...))  # type: ignore[valid-type]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -210,7 +202,7 @@ def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.
         return Metadata(task=task.name, modality=task.modality, labels=task.schema.get("labels"),
                         source=info.get("source", ""), preprocessing=info.get("preprocess", {}),
                         provenance=info.get("provenance", {}),
-                        endpoints=["/predict"] if classifies else ["/generate"] if generates else [], limits=limits)
+                        endpoints=["/predict"] if predicts else ["/generate"] if generates else [], limits=limits)
 
     @app.get("/stats", response_model=Stats)
     async def stats() -> Stats:
@@ -218,29 +210,29 @@ def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.
         return Stats(requests=seen.requests, items=seen.items, batches=seen.batches, batch_sizes=dict(seen.sizes),
                      largest_batch=max(seen.sizes, default=0))
 
-    @app.post("/predict", response_model=Predictions, openapi_extra=_predict_body(task.modality))
-    async def predict(request: Request) -> Predictions:
+    @app.post("/predict", response_model=predictions_model, response_model_exclude_none=True,
+              openapi_extra=_predict_body(task.modality))
+    async def predict(request: Request) -> dict[str, list[dict[str, Any]]]:
         """Predictions for texts (JSON) or uploaded files (multipart), batched with concurrent requests."""
-        if not classifies:
-            raise HTTPException(400, f"/predict serves classifiers; this run's task is {task.name}. "
+        if not predicts:
+            raise HTTPException(400, f"/predict serves tasks that predict; this run's task is {task.name}. "
                                      + ("Use POST /generate." if generates else ""))
         kind = _media_type(request)
         if task.modality == "text":
             if kind != "application/json":
-                raise HTTPException(415, 'this run classifies texts: send JSON {"texts": [...]} with Content-Type '
+                raise HTTPException(415, 'this run reads texts: send JSON {"texts": [...]} with Content-Type '
                                          f"application/json (got {kind or 'no Content-Type'}).")
             texts = _texts(await _json(request), max_batch)
-            return Predictions(predictions=[Prediction(**result) for result in
-                                            await batcher.submit(task.read_inputs([], texts))])
+            return {"predictions": await batcher.submit(task.read_inputs([], texts))}
         if kind != "multipart/form-data":
-            raise HTTPException(415, f"this run classifies {task.modality}s: send {task.modality} files as a "
+            raise HTTPException(415, f"this run reads {task.modality}s: send {task.modality} files as a "
                                      f"multipart/form-data upload, field '{UPLOAD_FIELD}' (got "
                                      f"{kind or 'no Content-Type'}).")
         with tempfile.TemporaryDirectory(prefix="graftune-serve-") as folder:
             names, inputs = await _uploads(request, task, Path(folder), max_batch)
             results = await batcher.submit(inputs)
-        return Predictions(predictions=[Prediction(**{**result, "input": name})
-                                        for name, result in zip(names, results, strict=True)])
+        return {"predictions": [{**result, "input": name, "file": name}  # the name sent, not the saved copy
+                                for name, result in zip(names, results, strict=True)]}
 
     @app.post("/generate", response_model=Generated)
     async def generate(body: GenerateRequest) -> Generated:

@@ -1547,6 +1547,25 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
             "data.label_column=tags", "--out", user / "run"], [f"{path}:13", "no string"]
 
 
+# issue 21: predictions and evaluate columns
+
+
+@case("evaluate: a CSV without the run's label column names --label-column")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    table = user / "new.csv"
+    table.write_text("text,topic\nShares fell sharply on Monday,business\n")
+    return ["evaluate", copy(kit.text_run, user, "run"), "--data", table], [
+        f"{table}:2: no column 'label'", "Columns: text, topic. Set --label-column."]
+
+
+@case("evaluate: --input-column that the CSV does not have names --input-column")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    table = user / "new.csv"
+    table.write_text("text,label\nShares fell sharply on Monday,business\n")
+    return ["evaluate", copy(kit.text_run, user, "run"), "--data", table, "--input-column", "body"], [
+        f"{table}:2: no column 'body'", "Set --input-column."]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from graftune.config import DataConfig
 from graftune.data.readers import Example, decode_text, read_rows
 from graftune.data.splits import Splits
-from graftune.errors import InputWarning, UserError, closest
+from graftune.errors import InputWarning, MissingColumn, UserError, closest
 
 Form = Literal["corpus", "pairs"]
 
@@ -102,8 +102,8 @@ def _column(path: Path, data: DataConfig) -> list[Example]:
         column = data.input_column or ("text" if "text" in row else None)
         if column is None or column not in row:
             name = column or "text"
-            raise UserError(f"{path}:{line}: no column '{name}'.{closest(name, row)} Columns: {', '.join(row)}. Set "
-                            "data.input_column.")
+            raise MissingColumn(f"{path}:{line}: no column '{name}'.{closest(name, row)} Columns: {', '.join(row)}.",
+                                "input", "data.input_column")
         text = "" if row[column] is None else str(row[column])
         if text.strip():
             examples.append(Example(text, "", f"{path}:{line}"))

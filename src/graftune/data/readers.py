@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from graftune.data.videos import VIDEO_SUFFIXES, check_video
-from graftune.errors import InputWarning, UserError, closest
+from graftune.errors import InputWarning, MissingColumn, UserError, closest
 from graftune.preprocessing import Modality
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -229,8 +229,8 @@ def _read_table(path: Path, fmt: str, modality: Modality, input_column: str | No
     for line, row in _rows(path, fmt, encoding):
         where = f"{path}:{line}"
         if label_column not in row:
-            raise UserError(f"{where}: no column '{label_column}'.{closest(label_column, row)} Columns: "
-                            f"{', '.join(row)}. Set data.label_column.")
+            raise MissingColumn(f"{where}: no column '{label_column}'.{closest(label_column, row)} Columns: "
+                                f"{', '.join(row)}.", "label", "data.label_column")
         label = label_of(row[label_column], label_column, where)
         value = _input_of(row, line, path, modality, input_column, skipped)
         if value is not None:
@@ -306,8 +306,8 @@ def _input_of(row: dict[str, object], line: int, path: Path, modality: Modality,
     where = f"{path}:{line}"
     column = input_column or _guess_input_column(row, modality, path)
     if column not in row:
-        raise UserError(f"{where}: no column '{column}'.{closest(column, row)} Columns: {', '.join(row)}. "
-                        "Set data.input_column.")
+        raise MissingColumn(f"{where}: no column '{column}'.{closest(column, row)} Columns: {', '.join(row)}.",
+                            "input", "data.input_column")
     value = "" if row[column] is None else str(row[column])
     if modality == "text":
         return _checked_text(value, where)
@@ -323,8 +323,8 @@ def _guess_input_column(row: dict[str, object], modality: Modality, path: Path) 
     for name in candidates:
         if name in row:
             return name
-    raise UserError(f"{path}: cannot tell which column holds the {modality}s (columns: {', '.join(row)}). "
-                    "Set data.input_column.")
+    raise MissingColumn(f"{path}: cannot tell which column holds the {modality}s (columns: {', '.join(row)}).",
+                        "input", "data.input_column")
 
 
 def read_rows(path: Path, encoding: str = "utf-8") -> list[tuple[int, dict[str, object]]]:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import default_collate
 
@@ -56,6 +57,14 @@ from graftune.sampling import token_lengths
 from graftune.weights import load_weights, save_weights
 
 Item = tuple[str, Any]  # (input: a text or a file path, target: what the loss compares with)
+
+
+class Prediction(BaseModel):
+    """What every `predict` row starts with: the input's name and the input itself (tasks add their answer)."""
+
+    input: str = Field(description="the input's name: 'text N' (the Nth text), or a file's path as given")
+    text: str | None = Field(None, description="the text (a text model)")
+    file: str | None = Field(None, description="the file read (an image or video model)")
 Collate = Callable[[list[Item]], Batch]
 
 
@@ -91,6 +100,8 @@ class Task(ABC):
     evaluates_before: ClassVar[bool] = False
     # `graftune plan` scores candidates by how well their frozen features separate the task's classes.
     plannable: ClassVar[bool] = False
+    # One `predict` row's shape (the /predict response of `graftune serve`); None: the task does not predict.
+    prediction_model: ClassVar[type[Prediction] | None] = None
     # The fields every row of `test_predictions` has (RUN/test_predictions.jsonl), checked when the report reads it.
     prediction_fields: ClassVar[frozenset[str]] = frozenset()
 
@@ -253,6 +264,10 @@ class Task(ABC):
     @abstractmethod
     def read_labelled(self, path: str | Path, input_column: str | None, label_column: str) -> list[Example]:
         """New labelled data for `graftune evaluate`, checked against the schema."""
+
+    def echoed(self, name: str, value: str) -> dict[str, str]:
+        """The start of a `predict` row: the input's name and the input itself, as `Prediction` has them."""
+        return {"input": name, "text" if self.modality == "text" else "file": value}
 
     def read_inputs(self, files: list[str], texts: list[str]) -> list[tuple[str, str]]:
         """(name, input) pairs for `graftune predict`."""

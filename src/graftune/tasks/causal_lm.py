@@ -269,7 +269,8 @@ class CausalLM(Task):
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
                 batch_size: int = 32) -> list[dict[str, Any]]:
         tokenizer = _tokenizer(preprocess)
-        return [{"input": name, "completion": self._generate(model, tokenizer, text)} for name, text in inputs]
+        return [{"input": name, "text": text, "completion": self._generate(model, tokenizer, text)}
+                for name, text in inputs]
 
     def format_prediction(self, result: dict[str, Any]) -> str:
         return f"{result['input']}\t{result['completion']}"

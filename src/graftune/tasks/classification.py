@@ -5,7 +5,8 @@ The schema is `{"labels": [...], "train_counts": [...]}`: the class names in sor
 head is labels[i]) and how many training examples each has, which `train.class_weights: balanced` reads.
 A two-class model also keeps `threshold`: the probability of the second class above which it is
 predicted, chosen after training on validation where balanced accuracy (TPR - FPR, Youden's J) peaks;
-`predict` uses it and the test results report the metrics at it beside those of the argmax.
+`predict` decides by it (each row states the rule and keeps the argmax beside the decided label) and the
+test results report the metrics at it beside those of the argmax.
 Metrics for unbalanced classes: balanced accuracy (the mean of per-class recall) and ROC AUC (one class
 against the rest, averaged over the classes present; for two classes, of the second class's probability).
 """
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -41,7 +43,7 @@ from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
 from graftune.preprocessing import Preprocess
 from graftune.regularize import mixing_collate
-from graftune.tasks.base import Collate, Item, Task, TaskData
+from graftune.tasks.base import Collate, Item, Prediction, Task, TaskData
 from graftune.tasks.classification_report import classification_sections
 from graftune.tasks.heads import Pooling, build_head
 
@@ -49,8 +51,27 @@ TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
 SNIPPET = 300  # characters of it the report shows
 
 
+class Decision(BaseModel):
+    """The rule that decided a prediction's label."""
+
+    rule: Literal["argmax", "threshold"]
+    on: str | None = Field(None, description="threshold: the label whose probability meets the threshold")
+    threshold: float | None = Field(None, description="threshold: the validated threshold on that probability")
+
+
+class LabelPrediction(Prediction):
+    """A classifier's answer: the decided label, the most probable one, the rule, every class's probability."""
+
+    label: str = Field(description="the decided label")
+    argmax: str = Field(description="the most probable label, whatever the rule decided")
+    decision: Decision
+    probabilities: dict[str, float]
+
+
 class Classification(Task):
     """One label per input, from a fixed set of classes seen in training."""
+
+    prediction_model = LabelPrediction
 
     metrics: ClassVar[dict[str, Literal["max", "min"]]] = {
         "val_accuracy": "max", "val_macro_f1": "max", "val_balanced_accuracy": "max", "val_roc_auc": "max",
@@ -244,22 +265,44 @@ class Classification(Task):
     @torch.inference_mode()
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
                 batch_size: int = 32) -> list[dict[str, Any]]:
+        """One row per (name, input), as `graftune predict --json` prints it:
+
+            input          its name: a file's path as given, or "text N" for the Nth text
+            text | file    the input itself: a text model's text, an image or video model's file path
+            label          the decided label (see decision)
+            argmax         the most probable label, shown whatever the rule decided
+            decision       the rule that decided: {"rule": "argmax"}, or for a two-class model with a validated
+                           threshold {"rule": "threshold", "on": SECOND_LABEL, "threshold": T}: the second
+                           label when its probability is at least T, else the first
+            probabilities  every label's probability
+        """
         encode = self.encoder(preprocess)
         model.eval()
         results = []
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size]
-            probs = model(encode([value for _, value in chunk])).float().softmax(-1)
-            for (name, _), row in zip(chunk, probs.tolist(), strict=True):
-                best = max(range(len(row)), key=row.__getitem__)
-                if "threshold" in self.schema:  # a two-class model decides at its validated threshold
-                    best = int(row[1] >= self.schema["threshold"])
-                results.append({"input": name, "label": self.labels[best],
-                                "probabilities": dict(zip(self.labels, row, strict=True))})
+            probs = model(encode([value for _, value in chunk])).float().softmax(-1).tolist()
+            results += [self._prediction(name, value, row) for (name, value), row in zip(chunk, probs, strict=True)]
         return results
 
+    def _prediction(self, name: str, value: str, probs: list[float]) -> dict[str, Any]:
+        argmax = max(range(len(probs)), key=probs.__getitem__)
+        decision: dict[str, Any] = {"rule": "argmax"}
+        picked = argmax
+        if "threshold" in self.schema:  # a two-class model decides at its validated threshold, and says so
+            decision = {"rule": "threshold", "on": self.labels[1], "threshold": self.schema["threshold"]}
+            picked = int(probs[1] >= self.schema["threshold"])
+        return {**self.echoed(name, value), "label": self.labels[picked],
+                "argmax": self.labels[argmax], "decision": decision,
+                "probabilities": dict(zip(self.labels, probs, strict=True))}
+
     def format_prediction(self, result: dict[str, Any]) -> str:
-        return f"{result['input']}\t{result['label']}\t{result['probabilities'][result['label']]:.3f}"
+        """NAME, label and its probability; where a threshold overrode the argmax, a fourth column says how."""
+        line = f"{result['input']}\t{result['label']}\t{result['probabilities'][result['label']]:.3f}"
+        if result["argmax"] != result["label"]:
+            on, threshold = result["decision"]["on"], result["decision"]["threshold"]
+            line += f"\t{on} {result['probabilities'][on]:.3f} vs threshold {threshold:.3g}; argmax {result['argmax']}"
+        return line
 
 
 def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float:

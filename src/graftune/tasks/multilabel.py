@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_recall_fscore_support
 from torch import nn
 
@@ -35,14 +36,23 @@ from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
 from graftune.preprocessing import Preprocess
-from graftune.tasks.base import Item, Task, TaskData
+from graftune.tasks.base import Item, Prediction, Task, TaskData
 from graftune.tasks.heads import Pooling, build_head
 
 TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
 
 
+class LabelsPrediction(Prediction):
+    """A multi-label answer: every label over its threshold, and every label's probability."""
+
+    labels: list[str] = Field(description="the labels whose probability meets their threshold (none: an empty list)")
+    probabilities: dict[str, float]
+
+
 class MultiLabel(Task):
     """Any number of labels per input; see the module docstring."""
+
+    prediction_model = LabelsPrediction
 
     metrics: ClassVar[dict[str, Literal["max", "min"]]] = {
         "val_micro_f1": "max", "val_macro_f1": "max", "val_map": "max", "val_subset_accuracy": "max",
@@ -209,8 +219,8 @@ class MultiLabel(Task):
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size]
             probs = model(encode([value for _, value in chunk])).float().sigmoid()
-            for (name, _), row in zip(chunk, probs.tolist(), strict=True):
-                results.append({"input": name, "labels": self._decided(row),
+            for (name, value), row in zip(chunk, probs.tolist(), strict=True):
+                results.append({**self.echoed(name, value), "labels": self._decided(row),
                                 "probabilities": dict(zip(self.labels, row, strict=True))})
         return results
 

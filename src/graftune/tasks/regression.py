@@ -32,15 +32,23 @@ from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
 from graftune.preprocessing import Preprocess
-from graftune.tasks.base import Item, Task, TaskData
+from graftune.tasks.base import Item, Prediction, Task, TaskData
 from graftune.tasks.heads import Pooling, build_head
 
 TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
 WORST = 8  # largest errors the report lists
 
 
+class ValuePrediction(Prediction):
+    """A regression's answer: the predicted value, in the target's units."""
+
+    value: float
+
+
 class Regression(Task):
     """A number per input; see the module docstring."""
+
+    prediction_model = ValuePrediction
 
     metrics: ClassVar[dict[str, Literal["max", "min"]]] = {
         "val_rmse": "min", "val_mae": "min", "val_r2": "max", "val_pearson": "max", "val_spearman": "max",
@@ -150,21 +158,21 @@ class Regression(Task):
                 f"Pearson {results['pearson']:.4f}"]
 
     def read_labelled(self, path: str | Path, input_column: str | None, label_column: str) -> list[Example]:
-        column = self.schema["target"] if label_column == "label" else label_column
-        return read_examples(path, self.modality, "auto", input_column, column, self.settings.data.encoding,
+        return read_examples(path, self.modality, "auto", input_column, label_column, self.settings.data.encoding,
                              label_of=number_label)
 
     @torch.inference_mode()
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
                 batch_size: int = 32) -> list[dict[str, Any]]:
-        """One row per input: its name and the predicted value in the target's units."""
+        """One row per input: its name, the input (text or file) and the predicted value in the target's units."""
         encode = self.encoder(preprocess)
         model.eval()
         results = []
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start:start + batch_size]
             values = model(encode([value for _, value in chunk])).float().squeeze(-1) * self.std + self.mean
-            results += [{"input": name, "value": float(v)} for (name, _), v in zip(chunk, values.tolist(), strict=True)]
+            results += [{**self.echoed(name, value), "value": float(v)}
+                        for (name, value), v in zip(chunk, values.tolist(), strict=True)]
         return results
 
     def format_prediction(self, result: dict[str, Any]) -> str:
