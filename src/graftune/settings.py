@@ -21,7 +21,7 @@ from graftune.errors import InputWarning, UserError
 from graftune.hardware import resolve_precision, resolve_workers
 from graftune.preprocessing import ImagePreprocess, Preprocess
 from graftune.regularize import check as check_regularization
-from graftune.strategies import resolve_name
+from graftune.strategies import resolve_name, strategy_defaults
 from graftune.tasks import get_task
 from graftune.tasks.base import Task
 
@@ -65,7 +65,7 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
         values["data.max_length"] = min(cfg.data.max_length, backbone.preprocess.max_length)
     if backbone.code:
         values["model.code_path"] = backbone.code["path"]
-    return task.resolve(cfg.updated(values), backbone)
+    return task.resolve(strategy_defaults(cfg.updated(values)), backbone)
 
 
 def with_absolute_paths(cfg: Config) -> Config:
