@@ -25,7 +25,7 @@ from graftune.loop import Evaluation
 from graftune.rundir import RunDir
 from graftune.sampling import ShuffledBatches
 from graftune.staging import StageSwitch
-from graftune.strategies import plan
+from graftune.strategies import plan, strategy_defaults
 from graftune.tasks.heads import Pooling, build_head
 from graftune.tasks.image_classification import ImageClassification
 
@@ -59,7 +59,7 @@ class Scripted:
 def trainee(strategy: dict[str, Any], epochs: int, metric: str, values: list[float],
             folder: Path) -> tuple[Trainee, Scripted]:
     torch.manual_seed(0)
-    settings = validate(config(strategy, epochs))
+    settings = strategy_defaults(validate(config(strategy, epochs)))
     body = helpers.body_of(helpers.tiny_cnn())
     model = GraftedModel(body, build_head(settings.head, 16, 3, "avg"), Pooling("avg"))
     groups = generic_groups(body)
@@ -88,7 +88,7 @@ def run_fit(tmp_path: Path, strategy: dict[str, Any], epochs: int, monitor: Moni
                                                                           Trainee]:
     folder = RunDir(tmp_path / "run")
     trained, scripted = trainee(strategy, epochs, monitor.metric, values, folder.path)
-    settings = validate(config(strategy, epochs))
+    settings = strategy_defaults(validate(config(strategy, epochs)))
     state = fit(trained, settings.train, monitor, console or Console(quiet=True))
     return state, folder.read_metrics(), scripted, trained
 

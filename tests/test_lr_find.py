@@ -23,7 +23,7 @@ from graftune.config import validate
 from graftune.errors import UserError
 from graftune.lr_find import Average, RangeTest, range_test_stage, suggest, valley_index
 from graftune.run import Run, find_lr
-from graftune.strategies import plan
+from graftune.strategies import plan, strategy_defaults
 
 QUIET = Console(quiet=True)
 
@@ -85,7 +85,7 @@ def test_the_smoothed_loss_is_a_debiased_moving_average() -> None:
                                                  ("fastai", "unfrozen")])
 def test_the_stage_tested_is_the_first_that_trains_the_body(strategy: str, stage: str, colours: Path) -> None:
     settings = validate(config(colours, strategy={"name": strategy}, optim={"lr": 1e-4, "head_lr": 1e-3}))
-    stages = plan(settings, 4)
+    stages = plan(strategy_defaults(settings), 4)
     assert stages[range_test_stage(stages)].name == stage
 
 

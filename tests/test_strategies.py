@@ -23,7 +23,7 @@ from graftune.lora import is_pointwise, lora_targets
 from graftune.optim import grow_optimizer, lr_multiplier
 from graftune.regularize import AnchorPenalty, check, fisher_diagonal, mixing_collate
 from graftune.staging import StageSwitch
-from graftune.strategies import Stage, plan, resolve_name, trainable_group_count
+from graftune.strategies import Stage, plan, resolve_name, strategy_defaults, trainable_group_count
 from graftune.tasks.heads import Pooling, build_head
 
 LR, HEAD_LR = 1e-4, 1e-3
@@ -44,7 +44,7 @@ def config(**sections: dict[str, Any]) -> Config:
 
 
 def stages_of(name: str, num_groups: int = 4, **strategy: Any) -> list[Stage]:
-    return plan(config(strategy={"name": name, **strategy}), num_groups)
+    return plan(strategy_defaults(config(strategy={"name": name, **strategy})), num_groups)
 
 
 def tiny_model(batchnorm: str = "frozen") -> tuple[GraftedModel, list[LayerGroup]]:
@@ -147,7 +147,7 @@ def test_custom_stages() -> None:
     cfg = config(strategy={"name": "custom", "plateau_patience": 4, "stages": [
         {"name": "warm", "train": "head", "epochs": 2, "until_plateau": True},
         {"train": 2, "epochs": 1, "lr_scale": 0.5, "schedule": "one-cycle"}, {"train": "all"}]})
-    stages = plan(cfg, 4)
+    stages = plan(strategy_defaults(cfg), 4)
     assert [(s.name, s.train, s.epochs, s.plateau_patience) for s in stages] == [
         ("warm", "head", 2, 4), ("stage-2", 2, 1, None), ("stage-3", "all", None, None)]
     assert [(s.lr, s.head_lr) for s in stages] == [(LR, HEAD_LR), (LR * 0.5, HEAD_LR * 0.5), (LR, HEAD_LR)]
@@ -158,7 +158,7 @@ def test_custom_stages() -> None:
 def test_custom_stages_that_refreeze_are_user_errors(before: Any, after: Any) -> None:
     cfg = config(strategy={"name": "custom", "stages": [{"train": before}, {"train": after}]})
     with pytest.raises(UserError, match="only unfreeze more"):
-        plan(cfg, 4)
+        plan(strategy_defaults(cfg), 4)
     with pytest.raises(UserError, match=r"strategy\.stages"):
         stages_of("custom")  # no stages at all
 

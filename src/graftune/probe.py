@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,10 +30,32 @@ from torch.utils.data import default_collate
 
 from graftune.loop import Evaluation, StepFn, evaluate
 
+if TYPE_CHECKING:
+    from graftune.config import Config
+    from graftune.strategies import Stage
+    from graftune.tasks.base import Task
+
 L2_GRID = tuple(10.0 ** k for k in range(0, -7, -1))  # strongest first: each solve warm-starts the next
 MAX_ITERATIONS = 300
 # On the gradient of the mean loss (max over coordinates); scikit-learn's lbfgs stops at 1e-4 by default.
 GRADIENT_TOLERANCE = 1e-6
+
+
+def exact_obstacles(settings: Config, stages: list[Stage], task: Task, head: nn.Module,
+                    cached_views: int) -> tuple[str, ...]:
+    """What keeps the exact probe from this run (none: it applies): it needs a stage that trains only the head,
+    a task whose loss is convex in a linear head, a head that is one linear layer, and fixed cached features to
+    solve on (`cached_views` training views cached, 0: none)."""
+    return tuple(reason for reason, failed in (
+        (f"strategy {settings.strategy.name} has no stage that trains only the head",
+         not any(stage.train == "head" for stage in stages)),
+        (f"task {task.name} does not say its loss is convex in a linear head", not task.convex_head),
+        (f"the head is not one linear layer (head.hidden={list(settings.head.hidden)} or a task head with "
+         "parameters of its own)", linear_layer(head) is None),
+        ("the feature cache is off, or the body's outputs change every epoch (cache.views=0, mixup, or "
+         "freeze.batchnorm other than frozen)", not settings.cache.features or not cached_views
+         or settings.freeze.batchnorm != "frozen"),
+    ) if failed)
 
 
 def linear_layer(head: nn.Module) -> nn.Linear | None:

@@ -50,12 +50,13 @@ from graftune.lora import add_lora, merge, save_adapter
 from graftune.lr_find import Finding, RangeTest, Trial, find, kept_random_state, range_test_stage
 from graftune.lr_find import write as write_finding
 from graftune.plots import learning_curves_png
-from graftune.probe import ExactProbe, linear_layer
+from graftune.probe import ExactProbe, exact_obstacles
 from graftune.regularize import AnchorPenalty, anchored, fisher_diagonal
 from graftune.report import write_report
 from graftune.rundir import RunDir
 from graftune.sampling import ShuffledBatches, sorted_batches
 from graftune.settings import (
+    Found,
     data_folders,
     load_configured_backbone,
     refuse_output_in_data,
@@ -183,8 +184,7 @@ class Run:
         cfg = with_absolute_paths(cfg)
         set_seed(cfg.train.seed)
         self._setup_data(cfg, resume, data)
-        cfg = self._setup_lr(cfg)
-        self._setup_backbone(cfg)
+        self._setup_backbone(cfg, Found(lr=self._setup_lr(cfg)))
         self._setup_model()
         self._setup_state(resume)
         self._setup_loaders()
@@ -214,12 +214,13 @@ class Run:
             data = TaskData(splits, saved.get("schema") or data.schema)
         self.data: TaskData = data
 
-    def _setup_lr(self, cfg: Config) -> Config:
+    def _setup_lr(self, cfg: Config) -> float | None:
         """optim.lr auto: the rate the range test picks, found on a detached run of the same config and data
-        before anything of this run exists. The random generators are kept, so this run then draws as one
-        given that rate would (a resume reads the rate from config.yaml and never gets here with auto)."""
+        before anything of this run exists (None without auto); resolve_settings records it. The random
+        generators are kept, so this run then draws as one given that rate would (a resume reads the rate from
+        config.yaml and never gets here with auto)."""
         if cfg.optim.lr != "auto":
-            return cfg
+            return None
         self.console.print("optim.lr auto: learning-rate range test first")
         with kept_random_state(), warnings.catch_warnings():
             warnings.simplefilter("ignore", InputWarning)  # this run's setup says the same just after
@@ -229,17 +230,17 @@ class Run:
         finding = self.finding
         self.console.print(f"optim.lr auto -> {finding.lr:.3g} ({finding.rule} of the range test on stage "
                            f"{finding.stage}; {len(finding.rates)} steps, {finding.seconds:.0f} s)")
-        return cfg.updated({"optim.lr": finding.lr})
+        return finding.lr
 
-    def _setup_backbone(self, cfg: Config) -> None:
-        """Load the backbone, then decide every default of the run for it, once."""
+    def _setup_backbone(self, cfg: Config, found: Found) -> None:
+        """Load the backbone, then decide every default of the run for it, but the probe (`_settle_probe`)."""
         backbone = load_configured_backbone(cfg, self.permissions.trust_code)
         if backbone.modality not in self.task_type.accepted_modalities():
             wanted = " or ".join(self.task_type.accepted_modalities())
             article = "an" if wanted[0] in "aeiou" else "a"
             raise UserError(f"model.source: '{cfg.model.source}' is a {backbone.modality} model, but the task "
                             f"'{cfg.task}' reads {self.task_type.modality}s. Choose {article} {wanted} model.")
-        self.settings = resolve_settings(cfg, backbone, self.task_type)
+        self.settings = resolve_settings(cfg, backbone, self.task_type, found)
         if self.settings.strategy.name == "lora":
             backbone = add_lora(backbone, self.settings.strategy.lora)
         self.backbone: Backbone = backbone
@@ -255,29 +256,23 @@ class Run:
         self.switch = StageSwitch(self.model, groups, self.stages, never, settings.freeze.batchnorm,
                                   settings.optim.weight_decay, 0.0 if anchored(settings.regularize) else None,
                                   settings.train.epochs)
-        self._resolve_probe()
+        self._settle_probe()
         _check_batchnorm_batches(self.model, settings)
         if settings.train.gradient_checkpointing:
             _enable_checkpointing(self.model, self.backbone.source)
 
-    def _resolve_probe(self) -> None:
-        """`strategy.probe: auto` is exact where a stage trains only the head, that head is linear and the
-        cache will hold its features (graftune/probe.py); otherwise sgd. `exact` where it cannot apply is refused."""
-        settings = self.settings
-        reasons = [reason for reason, failed in (
-            (f"strategy {settings.strategy.name} has no stage that trains only the head",
-             not any(stage.train == "head" for stage in self.stages)),
-            (f"task {self.task.name} does not say its loss is convex in a linear head", not self.task.convex_head),
-            (f"the head is not one linear layer (head.hidden={list(settings.head.hidden)} or a task head with "
-             "parameters of its own)", linear_layer(self.model.head) is None),
-            ("the feature cache is off, or the body's outputs change every epoch (cache.views=0, mixup, or "
-             "freeze.batchnorm other than frozen)", not settings.cache.features or not self._cached_views()
-             or settings.freeze.batchnorm != "frozen"),
-        ) if failed]
-        if settings.strategy.probe == "exact" and reasons:
-            raise UserError(f"strategy.probe=exact: {'; '.join(reasons)}. Use strategy.probe=sgd or auto.")
-        if settings.strategy.probe == "auto":
-            self.settings = settings.updated({"strategy.probe": "sgd" if reasons else "exact"})
+    def _settle_probe(self) -> None:
+        """`strategy.probe`, the one setting that waits for the model (graftune/probe.py says what the exact probe
+        needs): the settings resolved again with what stands in its way, which changes nothing else, and the task
+        rebuilt from them, so that the run's record and its model folder hold one copy of the settings."""
+        obstacles = exact_obstacles(self.settings, self.stages, self.task, self.model.head, self._cached_views())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)  # the first pass said what these settings leave unused
+            settings = resolve_settings(self.settings, self.backbone, self.task_type, Found(probe_obstacles=obstacles))
+        assert settings == self.settings.updated({"strategy.probe": settings.strategy.probe}), \
+            "resolving resolved settings changes nothing but the probe"
+        self.settings = settings
+        self.task = self.task_type(settings, self.data.schema)
 
     def _setup_state(self, resume: bool) -> None:
         """The loop state (the last checkpoint's when resuming) and the optimizer of its stage."""

@@ -1,6 +1,14 @@
 """The run's settings, resolved once: every `auto` and unset default of the user's config decided, after
-the backbone loads, into a new immutable `Config`. That is what RUN/config.yaml holds and what every
-later module reads; none of them works a default out again.
+the backbone loads, into a new immutable `Config`. That is what RUN/config.yaml and RUN/model/graftune.json
+hold and what every later module reads; none of them works a default out again.
+
+Two defaults depend on what only a run can find out, and `resolve_settings` takes those findings as
+`Found`: `optim.lr: auto` the rate of the range test (run on a detached run before this one), and
+`strategy.probe: auto` why the exact probe cannot apply (known once the model and its stages exist).
+Without a finding such a setting stays as given, so a run resolves its settings, builds the model from
+them (which reads neither) and resolves them again with what the model showed: the second pass decides
+the probe and changes nothing else, since resolving resolved settings is a no-op. A resume resolves the
+recorded settings the same way and gets them back unchanged.
 
 Example:
     >>> settings = resolve_settings(cfg, backbone, TextClassification)
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +30,7 @@ from graftune.errors import InputWarning, UserError
 from graftune.hardware import resolve_precision, resolve_workers
 from graftune.preprocessing import ImagePreprocess, Preprocess
 from graftune.regularize import check as check_regularization
-from graftune.strategies import resolve_name
+from graftune.strategies import resolve_name, strategy_defaults
 from graftune.tasks import get_task
 from graftune.tasks.base import Task
 
@@ -33,25 +42,36 @@ STRATEGY_LR = {"linear-probe": 1e-2, "bitfit": 1e-3, "lora": 5e-4}
 BODY_LR = {"text": 5e-5, "image": 3e-4, "video": 1e-4}  # a body that trains, by modality (video: VideoMAE's)
 
 
-def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Config:
-    """The user's `cfg` with every default decided for this backbone and task (see the module docstring).
+@dataclass(frozen=True)
+class Found:
+    """What a run found out that a default depends on (see the module docstring); None: not known (yet)."""
+
+    lr: float | None = None  # optim.lr auto: the rate the range test picked
+    # strategy.probe: why the exact probe cannot apply to this run's model and stages (empty: it can)
+    probe_obstacles: tuple[str, ...] | None = None
+
+
+def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task], found: Found = Found()) -> Config:
+    """The user's `cfg` with every default decided for this backbone and task (see the module docstring);
+    `resolve_settings(resolved, ...)` is `resolved`.
 
     Rates: a head on a frozen body gets 1e-2 (a linear probe is a convex problem that tolerates, and
     needs, large steps); a body that trains gets 5e-5 (text), 3e-4 (images, and image networks run on
     video frames) or 1e-4 (video models such as VideoMAE) and its head 20x that, capped at 1e-3.
     Adapters and biases (lora, bitfit) learn from scratch-like starting points and take larger rates: 5e-4
-    and 1e-3.
+    and 1e-3. `optim.lr: auto` takes `found.lr`; the strategy's own defaults are strategies.strategy_defaults';
+    `strategy.probe: auto` is exact when `found.probe_obstacles` is empty, sgd when it names any.
     """
     name = resolve_name(cfg, task.default_strategy)
     _check_strategy(cfg, name)
     # A chained run scores task A on regularize.retain; a language model scores it as a second corpus.
     check_regularization(cfg, name, backbone.modality, task.evaluates_before or cfg.model.source.startswith("run:"))
     _warn_ignored(cfg, name, backbone.modality)
-    assert cfg.optim.lr != "auto", "optim.lr auto is the range test's to decide, before the settings (run.Run.setup)"
-    lr = default_lr(cfg, name, backbone.modality)
+    lr = found_lr(cfg, found) or default_lr(cfg, name, backbone.modality)
     head_lr = cfg.optim.head_lr or (lr if name == "linear-probe" else min(1e-3, max(lr, lr * 20)))
     values = {
-        "strategy.name": name, "optim.lr": lr, "optim.head_lr": head_lr,
+        "strategy.name": name, "strategy.probe": probe_choice(cfg.strategy.probe, found.probe_obstacles),
+        "optim.lr": lr, "optim.head_lr": head_lr,
         "train.mixed_precision": resolve_precision(cfg.train.mixed_precision),
         "train.num_workers": resolve_workers(cfg.train.num_workers, backbone.modality),
         "train.early_stopping.metric": monitored_metric(cfg, task),
@@ -65,7 +85,25 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task]) -> Confi
         values["data.max_length"] = min(cfg.data.max_length, backbone.preprocess.max_length)
     if backbone.code:
         values["model.code_path"] = backbone.code["path"]
-    return task.resolve(cfg.updated(values), backbone)
+    return task.resolve(strategy_defaults(cfg.updated(values)), backbone)
+
+
+def found_lr(cfg: Config, found: Found) -> float | None:
+    """The range test's rate where the config says `optim.lr: auto`; None where it gives a rate or none."""
+    if cfg.optim.lr != "auto":
+        return None
+    assert found.lr is not None, "optim.lr auto: run the range test first and give its rate (run.Run.setup)"
+    return found.lr
+
+
+def probe_choice(probe: str, obstacles: tuple[str, ...] | None) -> str:
+    """`strategy.probe` decided: `auto` is exact where nothing stands in its way, else sgd; `exact` where
+    something does is refused, naming it. Without `obstacles` (not known yet) the setting stays as it is."""
+    if obstacles is None:
+        return probe
+    if probe == "exact" and obstacles:
+        raise UserError(f"strategy.probe=exact: {'; '.join(obstacles)}. Use strategy.probe=sgd or auto.")
+    return probe if probe != "auto" else "sgd" if obstacles else "exact"
 
 
 def with_absolute_paths(cfg: Config) -> Config:

@@ -7,8 +7,9 @@ top body group's `lr`, the head's `head_lr` and `lr_decay`, the factor each grou
 early after `plateau_patience` epochs without validation improving, when that is set. Stages only
 ever unfreeze more, so the optimizer only ever gains parameters.
 
-`plan(cfg, num_groups)` turns a config into stages; `fit` walks them; `stage_trainable` says which
-body parameters a stage trains. Nothing else decides what is frozen.
+`strategy_defaults(cfg)` decides the strategy settings left unset (settings.resolve_settings records
+them); `plan(settings, num_groups)` turns resolved settings into stages, deciding nothing itself; `fit`
+walks them; `stage_trainable` says which body parameters a stage trains. Nothing else decides what is frozen.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ ULMFIT_DECAY = 1 / 2.6  # Howard & Ruder 2018, section 3.2
 FASTAI_LR_MULT = 100.0  # fastai's fine_tune(lr_mult=100)
 PROBE_LR_FACTOR = 10.0  # lp-ft's probe stage: a linear probe takes larger steps than a head on a moving body
 SCHEDULE_WARMUP = {"one-cycle": 0.25, "slanted-triangular": 0.1}  # fastai pct_start, ULMFiT cut_frac
+# strategy.lr_decay left unset: discriminative's own default, ULMFiT's, else none (every group at one rate).
+# fastai spreads its unfrozen stage over FASTAI_LR_MULT whatever lr_decay says (its frozen stage trains no group).
+DEFAULT_DECAY = {"discriminative": 0.8, "ulmfit": ULMFIT_DECAY}
 
 
 @dataclass(frozen=True)
@@ -85,37 +89,53 @@ def resolve_name(cfg: Config, default: str | None = None) -> str:
     return "linear-probe" if body == "all" else (default or "full") if body == "none" else "partial"
 
 
+def strategy_defaults(cfg: Config) -> Config:
+    """`cfg`, whose strategy is named (not `auto`), with the strategy settings its stages read and it left unset
+    decided: `lr_decay` (0.8 for discriminative, 1/2.6 for ULMFiT, else 1: no decay), `probe_epochs` (lp-ft: half
+    of train.epochs, at least 1; fastai: 1) and each custom stage's name (stage-N) and schedule (optim.schedule).
+    Recorded with the run, so a resume that gives more epochs keeps the stages the run started with."""
+    strategy, name = cfg.strategy, cfg.strategy.name
+    assert name != "auto", "name the strategy first (resolve_name)"
+    values: dict[str, Any] = {"strategy.lr_decay": strategy.lr_decay or DEFAULT_DECAY.get(name, 1.0)}
+    if strategy.probe_epochs is None and name in ("lp-ft", "fastai"):
+        values["strategy.probe_epochs"] = max(1, cfg.train.epochs // 2) if name == "lp-ft" else 1
+    if name == "custom" and strategy.stages:
+        values["strategy.stages"] = [
+            {**stage.model_dump(mode="json"), "name": stage.name or f"stage-{i + 1}",
+             "schedule": stage.schedule or cfg.optim.schedule} for i, stage in enumerate(strategy.stages)]
+    return cfg.updated(values)
+
+
 def plan(settings: Config, num_groups: int) -> list[Stage]:
     """The stages of the resolved settings' strategy for a body with `num_groups` trainable layer groups."""
-    strategy, optim, epochs = settings.strategy, settings.optim, settings.train.epochs
+    strategy, optim = settings.strategy, settings.optim
     name = strategy.name
     assert name != "auto" and isinstance(optim.lr, float) and optim.head_lr is not None, "resolve the settings first"
-    base = Stage(name, "all", None, None, optim.lr, optim.head_lr, strategy.lr_decay or 1.0, optim.schedule,
+    assert strategy.lr_decay is not None, "resolve the settings first (strategy_defaults)"
+    base = Stage(name, "all", None, None, optim.lr, optim.head_lr, strategy.lr_decay, optim.schedule,
                  optim.warmup_ratio)
-    probe_epochs = strategy.probe_epochs or max(1, epochs // 2)
     if name == "linear-probe":
         return [replace(base, train="head")]
-    if name in ("full", "partial"):
+    if name in ("full", "partial", "discriminative"):
         return [base]
-    if name == "discriminative":
-        return [replace(base, lr_decay=strategy.lr_decay or 0.8)]
     if name in ("bitfit", "lora"):
         return [replace(base, train="bias" if name == "bitfit" else "lora")]
     if name == "gradual":
         return _gradual(base, num_groups, strategy.unfreeze_every)
     if name == "lp-ft":
-        return [replace(base, name="probe", train="head", epochs=probe_epochs,
+        assert strategy.probe_epochs is not None, "resolve the settings first (strategy_defaults)"
+        return [replace(base, name="probe", train="head", epochs=strategy.probe_epochs,
                         head_lr=PROBE_LR_FACTOR * optim.head_lr, plateau_patience=strategy.plateau_patience),
                 replace(base, name="fine-tune", head_lr=optim.lr)]
     if name == "fastai":
+        assert strategy.probe_epochs is not None, "resolve the settings first (strategy_defaults)"
         top = optim.head_lr / 2  # fine_tune halves the base rate after the frozen epoch
         decay = (1 / FASTAI_LR_MULT) ** (1 / max(1, num_groups))  # slice(lr/100, lr) over groups + head
         one_cycle = replace(base, schedule="one-cycle", warmup_ratio=SCHEDULE_WARMUP["one-cycle"])
-        return [replace(one_cycle, name="frozen", train="head", epochs=strategy.probe_epochs or 1),
+        return [replace(one_cycle, name="frozen", train="head", epochs=strategy.probe_epochs),
                 replace(one_cycle, name="unfrozen", lr=top * decay, head_lr=top, lr_decay=decay)]
     if name == "ulmfit":
-        stlr = replace(base, schedule="slanted-triangular", warmup_ratio=SCHEDULE_WARMUP["slanted-triangular"],
-                       lr_decay=strategy.lr_decay or ULMFIT_DECAY)
+        stlr = replace(base, schedule="slanted-triangular", warmup_ratio=SCHEDULE_WARMUP["slanted-triangular"])
         return _gradual(stlr, num_groups, strategy.unfreeze_every)
     return _custom(settings, base)
 
@@ -130,9 +150,10 @@ def _custom(cfg: Config, base: Stage) -> list[Stage]:
     if not cfg.strategy.stages:
         raise UserError("strategy.name=custom needs strategy.stages: a list of {epochs, train, lr_scale}.")
     stages = []
-    for i, spec in enumerate(cfg.strategy.stages):
-        schedule = spec.schedule or cfg.optim.schedule
-        stages.append(replace(base, name=spec.name or f"stage-{i + 1}", train=spec.train, epochs=spec.epochs,
+    for spec in cfg.strategy.stages:
+        schedule = spec.schedule
+        assert spec.name is not None and schedule is not None, "resolve the settings first (strategy_defaults)"
+        stages.append(replace(base, name=spec.name, train=spec.train, epochs=spec.epochs,
                               plateau_patience=cfg.strategy.plateau_patience if spec.until_plateau else None,
                               lr=base.lr * spec.lr_scale,
                               head_lr=base.head_lr * spec.lr_scale, schedule=schedule,
