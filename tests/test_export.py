@@ -52,7 +52,9 @@ def write_topics(root: Path) -> Path:
 
 
 def train(config: dict[str, Any], out: Path) -> Path:
-    graftune.train({**config, "train": {"epochs": 1, "batch_size": 6, "progress": False, **config.get("train", {})}},
+    # fp32 runs: predict then computes as the exports do (a bf16 run's predict computes in bf16, its exports in fp32)
+    graftune.train({**config, "train": {"epochs": 1, "batch_size": 6, "progress": False, "mixed_precision": "no",
+                                        **config.get("train", {})}},
                    out, console=Console(quiet=True))
     return out
 

@@ -14,8 +14,8 @@ PACKAGE = Path(graftune.__file__).parent
 
 # Bottom first. A module may import from its own layer and any layer before it.
 LAYERS: list[set[str]] = [
-    {"errors", "safe_files", "batching", "preprocessing", "loop", "grafted", "hardware", "progress", "plots", "weights",
-     "faults", "transferability", "probe", "tasks", "pages", "calibration"},  # tasks: the registry (names, paths)
+    {"errors", "safe_files", "generation", "batching", "preprocessing", "loop", "grafted", "hardware", "progress",
+     "plots", "weights", "faults", "transferability", "probe", "tasks", "pages", "calibration"},  # tasks: registry
     {"config", "rundir", "datasets", "sampling", "checkpoint", "data", "data.images", "data.videos", "data.readers",
      "data.motion_clips"},
     {"backbones", "backbones.base", "backbones.surgery", "backbones.hf", "backbones.module", "backbones.presets",

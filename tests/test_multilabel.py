@@ -137,3 +137,35 @@ def test_serve_answers_label_lists(multilabel_run: tuple[Path, Path]) -> None:
     (row,) = answer.json()["predictions"]
     assert row["labels"] == model.predict([str(image)])[0]["labels"] and set(row["probabilities"]) == {
         "blue", "green", "red"}
+
+
+def test_a_text_multilabel_model_exports_as_a_multi_label_transformers_classifier(tmp_path: Path) -> None:
+    """BERT's own head with problem_type multi_label_classification: sigmoid of its logits is predict's."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    words = {"goal": "sport", "shares": "business", "vote": "politics"}
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in range(48):
+        tags = sorted({words[w] for w in rng.choice(list(words), size=int(rng.integers(1, 3)))})
+        text = " ".join(w for w in words if words[w] in tags) + f" and more text {n}"
+        rows.append(json.dumps({"text": text, "tags": tags}) + "\n")
+    data = helpers.write_text(tmp_path / "news.jsonl", "".join(rows))
+    bert = helpers.write_tiny_bert(tmp_path / "bert")
+    graftune.train({"task": "text-multilabel", "model": {"source": f"hf:{bert}"},
+                    "data": {"train": str(data), "label_column": "tags", "max_length": 24},
+                    "head": {"pooling": "cls", "hidden": [32], "activation": "tanh", "dropout": 0.0},
+                    "train": {"epochs": 1, "progress": False, "mixed_precision": "no"}},
+                   out=tmp_path / "run", console=Console(quiet=True))
+    done = graftune.export(tmp_path / "run", "hf", out=tmp_path / "hf")
+    model = AutoModelForSequenceClassification.from_pretrained(str(done.folder)).eval()
+    assert model.config.problem_type == "multi_label_classification"
+    texts = ["goal and vote", "shares fell"]
+    encoded = AutoTokenizer.from_pretrained(str(done.folder))(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        probs = model(**encoded).logits.sigmoid()
+    predicted = graftune.predict(tmp_path / "run", texts=texts)
+    expected = torch.tensor([[p["probabilities"][model.config.id2label[i]] for i in range(3)] for p in predicted])
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert json.loads((done.folder / "labels.json").read_text())["rule"] == "sigmoid(output[i]) >= thresholds[i]"

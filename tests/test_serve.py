@@ -132,8 +132,8 @@ def close_to(served: list[dict[str, Any]], direct: list[dict[str, Any]], toleran
 def test_health_metadata_stats_and_docs(text_client: TestClient, text_model: FineTuned) -> None:
     assert text_client.get("/health").json() == {"status": "ok", "task": "text-classification"}
     meta = text_client.get("/metadata").json()
-    assert meta["labels"] == text_model.task.schema["labels"] == ["business", "entertainment", "politics", "sports",
-                                                                  "tech"]
+    assert meta["outputs"]["labels"] == text_model.task.schema["labels"] == [
+        "business", "entertainment", "politics", "sports", "tech"]
     assert meta["source"] == text_model.info["source"] and meta["preprocessing"] == text_model.info["preprocess"]
     assert meta["provenance"] == text_model.info["provenance"] and meta["endpoints"] == ["/predict"]
     assert meta["limits"] == {"max_batch": 8, "max_wait_ms": 50, "max_body_mb": 0.01}

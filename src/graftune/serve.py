@@ -1,9 +1,10 @@
 """`graftune serve`: a fine-tuned run as an HTTP service (FastAPI on uvicorn).
 
-    POST /predict    a classifier's predictions, as `graftune predict --json` gives them: JSON {"texts": [...]}
+    POST /predict    the run's predictions, as `graftune predict --json` gives them (a classifier's labels, a
+                     regression's values, label lists; the task's `prediction_model`): JSON {"texts": [...]}
                      for a text model, image or video files as multipart uploads (field `files`) for the others
     POST /generate   a causal-lm run's continuation of a prompt, as `graftune generate` writes it
-    GET  /health, /metadata (task, labels, source, preprocessing, provenance), /stats (batch sizes run)
+    GET  /health, /metadata (task, what its outputs mean, source, preprocessing, provenance), /stats
     GET  /docs, /openapi.json
 
 Inputs go through the task's own reading and prediction (`Task.read_inputs`, `FineTuned.predict`), so
@@ -130,7 +131,8 @@ class Limits(BaseModel):
 class Metadata(BaseModel):
     task: str
     modality: str
-    labels: list[str] | None
+    outputs: dict[str, Any] | None = Field(description="what the outputs mean: the task's labels.json (labels, "
+                                                       "thresholds) or target.json (a regression's units)")
     source: str
     preprocessing: dict[str, Any]
     provenance: dict[str, Any]
@@ -199,7 +201,8 @@ def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.
     @app.get("/metadata", response_model=Metadata)
     async def metadata() -> Metadata:
         info = model.info
-        return Metadata(task=task.name, modality=task.modality, labels=task.schema.get("labels"),
+        meaning = task.output_meaning()
+        return Metadata(task=task.name, modality=task.modality, outputs=meaning[1] if meaning else None,
                         source=info.get("source", ""), preprocessing=info.get("preprocess", {}),
                         provenance=info.get("provenance", {}),
                         endpoints=["/predict"] if predicts else ["/generate"] if generates else [], limits=limits)

@@ -85,11 +85,10 @@ def synthetic_inputs(fine_tuned: FineTuned, batch: int, source: str = "synthetic
 
 
 def image_shape(fine_tuned: FineTuned) -> tuple[int, ...]:
-    """One example's pixels: (3, size, size), or (frames, 3, size, size) for a video task."""
+    """One example's pixels, as the task shapes them: (3, size, size), or (frames, 3, size, size) for clips."""
     preprocess = fine_tuned.preprocess
     assert isinstance(preprocess, ImagePreprocess)
-    square = (3, preprocess.size, preprocess.size)
-    return (fine_tuned.task.settings.video.frames, *square) if fine_tuned.task.modality == "video" else square
+    return fine_tuned.task.example_shape(preprocess)
 
 
 def dynamic_axes(fine_tuned: FineTuned, inputs: Inputs) -> dict[str, dict[int, str]]:

@@ -124,13 +124,7 @@ def preprocessing(fine_tuned: FineTuned, tokenizer_dir: str) -> dict[str, Any]:
         "RGB", f"resize the shorter side to max({size}, round({size} / crop_pct)) pixels (bilinear)",
         f"crop the centre {size} x {size}", "scale to [0, 1], subtract mean and divide by std per channel",
         f"channels first: float32 (3, {size}, {size})"]}
-    if fine_tuned.task.modality == "video":
-        video = fine_tuned.task.settings.video
-        spec.update(frames=video.frames, sampling=video.sampling)
-        spec["steps"] = [f"decode the clip and pick {video.frames} frames ({video.sampling} sampling, without the "
-                         "training jitter), each frame as below", *spec["steps"],
-                         f"frames stacked: float32 ({video.frames}, 3, {size}, {size})"]
-    return spec
+    return fine_tuned.task.input_steps(spec)
 
 
 def _write(path: Path, data: Any) -> None:

@@ -53,7 +53,7 @@ def write_hf(fine_tuned: FineTuned, folder: Path) -> Written:
     inner = _transformers_model(fine_tuned)
     if task.needs == "logits" and inner is not None:
         return _causal_lm(fine_tuned, inner, folder)
-    if task.modality == "text" and "labels" in task.schema and inner is not None:
+    if task.modality == "text" and task.hf_problem_type and inner is not None:
         if _bert_head(fine_tuned, inner):
             return _sequence_classification(fine_tuned, inner, folder)
         return _sentence_transformers(fine_tuned, inner, folder)
@@ -99,7 +99,7 @@ def _label_config(fine_tuned: FineTuned, config: Any, architecture: str) -> Any:
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
-    config.problem_type = "single_label_classification"
+    config.problem_type = fine_tuned.task.hf_problem_type
     config.architectures = [architecture]
     return config
 

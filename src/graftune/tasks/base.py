@@ -52,7 +52,7 @@ from graftune.generation import GenerationRoom
 from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
-from graftune.preprocessing import Modality, Preprocess, TextPreprocess
+from graftune.preprocessing import ImagePreprocess, Modality, Preprocess, TextPreprocess
 from graftune.sampling import token_lengths
 from graftune.weights import load_weights, save_weights
 
@@ -98,6 +98,9 @@ class Task(ABC):
     convex_head: ClassVar[bool] = False
     # Score the test split (and `forgetting_examples`) with the pre-trained model too, for a before/after.
     evaluates_before: ClassVar[bool] = False
+    # A text model's Transformers `problem_type` for `export --format hf` (single_label_classification,
+    # multi_label_classification), when a Transformers head computes what the task's head does; None: no hf export.
+    hf_problem_type: ClassVar[str | None] = None
     # `graftune plan` scores candidates by how well their frozen features separate the task's classes.
     plannable: ClassVar[bool] = False
     # One `predict` row's shape (the /predict response of `graftune serve`); None: the task does not predict.
@@ -224,6 +227,15 @@ class Task(ABC):
         so only for the run's own data, never for a received folder unless the user asks; the report adds the run's
         own sections (graftune/report.py)."""
         return []
+
+    def example_shape(self, preprocess: ImagePreprocess) -> tuple[int, ...]:
+        """One example's pixel tensor, for exports: (3, size, size); a task over clips adds its frames."""
+        return (3, preprocess.size, preprocess.size)
+
+    def input_steps(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """An export's preprocessing.json for image inputs, given the image steps: as they are by default; a task
+        over clips says how frames are picked and stacked."""
+        return spec
 
     def output_meaning(self) -> tuple[str, dict[str, Any]] | None:
         """How an export's outputs become predictions: a companion file's name and its JSON (a classifier's labels

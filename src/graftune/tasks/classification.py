@@ -79,6 +79,7 @@ class Classification(Task):
     default_metric = "val_accuracy"
     headline = "accuracy"
     plannable = True
+    hf_problem_type = "single_label_classification"
     convex_head = True  # multinomial logistic regression on the pooled features
     prediction_fields: ClassVar[frozenset[str]] = frozenset({"label", "predicted", "confidence", "probabilities"})
 

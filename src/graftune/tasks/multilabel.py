@@ -59,6 +59,7 @@ class MultiLabel(Task):
         "val_loss": "min"}
     default_metric = "val_micro_f1"
     headline = "micro_f1"
+    hf_problem_type = "multi_label_classification"  # the labels' thresholds travel in labels.json
     convex_head = True  # binary cross-entropy of a linear head: the exact probe solves it
     prediction_fields: ClassVar[frozenset[str]] = frozenset({"labels", "predicted", "probabilities"})
 

@@ -84,6 +84,16 @@ class VideoClassification(Classification):
             return super().example_cell({**row, "input": "(video file missing or unreadable)"})
         return thumbnail_cell(Image.fromarray(frames[len(frames) // 2]), row["where"])
 
+    def example_shape(self, preprocess: ImagePreprocess) -> tuple[int, ...]:
+        return (self.settings.video.frames, 3, preprocess.size, preprocess.size)
+
+    def input_steps(self, spec: dict[str, Any]) -> dict[str, Any]:
+        video, size = self.settings.video, spec["size"]
+        return {**spec, "frames": video.frames, "sampling": video.sampling, "steps": [
+            f"decode the clip and pick {video.frames} frames ({video.sampling} sampling, without the training "
+            "jitter), each frame as below", *spec["steps"], f"frames stacked: float32 ({video.frames}, 3, {size}, "
+            f"{size})"]}
+
     def encoder(self, preprocess: Preprocess, augment: bool = False) -> EncodeInputs:
         """Video paths to (B, K, 3, size, size) frames: sampled, jittered and cropped alike in training."""
         assert isinstance(preprocess, ImagePreprocess)
