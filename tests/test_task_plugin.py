@@ -1,4 +1,5 @@
-"""A task defined here, in the test file, plugs into the one run path: train, cache, resume, evaluate, predict.
+"""A task defined here, in the test file, plugs into the one run path: train, cache, resume, evaluate, predict,
+and every command after training (serve, export, report, tune, forgetting; plan says it cannot score it).
 
 The toy task is regression: the brightness of a grey image, read from a CSV of image paths and values.
 Nothing in graftune knows about it; it registers itself by name and the same path runs it.
@@ -30,8 +31,12 @@ from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.preprocessing import Preprocess
 from graftune.tasks import register
-from graftune.tasks.base import Item, Task, TaskData
+from graftune.tasks.base import Item, Prediction, Task, TaskData
 from graftune.tasks.heads import Pooling
+
+
+class BrightnessPrediction(Prediction):
+    value: float
 
 
 @register
@@ -42,6 +47,8 @@ class Brightness(Task):
     modality = "image"
     metrics: ClassVar[dict[str, Literal["max", "min"]]] = {"val_loss": "min", "val_mae": "min"}
     default_metric = "val_mae"
+    headline = "mae"
+    prediction_model = BrightnessPrediction
 
     @classmethod
     def read_data(cls, data: DataConfig) -> TaskData:
@@ -179,3 +186,43 @@ def _values(run: Path, split: str, table: Path) -> list[float]:
     lines = table.read_text().splitlines()
     wheres = json.loads((run / "data_splits.json").read_text())[split]["items"]
     return [float(lines[int(where.rsplit(":", 1)[1]) - 1].split(",")[1]) for where in wheres]
+
+
+def test_a_new_task_goes_through_every_command_after_training(tmp_path: Path) -> None:
+    """Nothing outside graftune/tasks/ knows this task: serve, export, report, tune, forgetting and plan take it
+    through the contract alone."""
+    from fastapi.testclient import TestClient
+
+    from graftune.report import write_report
+    from graftune.serve import create_app
+    from graftune.tune import tune
+    from tests.e2e.cli import run_cli
+
+    table = write_greys(tmp_path / "greys", 32)
+    run = graftune.train(config(table, train={"epochs": 3}), out=tmp_path / "run", console=Console(quiet=True)).dir
+    model = graftune.load(run, trust_code=True)
+    image = table.parent / "0.png"
+    expected = model.predict([str(image)])[0]["value"]
+
+    client = TestClient(create_app(run, fine_tuned=model))  # serve
+    answer = client.post("/predict", files=[("files", ("0.png", image.read_bytes(), "image/png"))])
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["value"] == pytest.approx(expected)
+
+    done = graftune.export(run, "onnx", out=tmp_path / "onnx", trust_code=True)  # export, checked against PyTorch
+    assert done.check.max_abs_diff <= done.check.limit
+
+    assert "MAE" in write_report(run).read_text()  # report: the summary line is the task's own
+
+    study = tune(config(table, train={"epochs": 1}), tmp_path / "study", trials=1, only=["optim.lr"],
+                          console=Console(quiet=True))
+    assert study.best_value is not None
+
+    chained = config(table, model={"source": f"run:{run}"}, train={"epochs": 1})  # forgetting of task A
+    results = graftune.train(chained, out=tmp_path / "chained", console=Console(quiet=True), trust_code=True)
+    forgetting = json.loads((results.dir / "results.json").read_text())["forgetting"]
+    own = json.loads((run / "results.json").read_text())["test"]
+    assert forgetting["before"]["mae"] == pytest.approx(own["mae"], abs=1e-6) and "mae_drop" in forgetting
+
+    code, output = run_cli("plan", "--task", "brightness", "--model", "module:helpers:tiny_cnn", "--data", str(table),
+                           "--out", str(tmp_path / "plan"))
+    assert code == 2 and "classification tasks only" in " ".join(output.split())

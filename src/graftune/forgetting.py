@@ -68,10 +68,12 @@ class OriginalTask:
     def report(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         """The `forgetting` section of results.json: both scores and how much A's headline score got worse (its
         `HEADLINE_drop`: positive when A is done worse after, for a score to raise or to lower alike)."""
-        task = self.parent.task
+        task, section = self.parent.task, {"task": str(self.folder), "examples": self.source, "before": before,
+                                           "after": after}
+        if task.headline is None or task.headline not in before or task.headline not in after:
+            return section
         worse = before[task.headline] - after[task.headline]
-        return {"task": str(self.folder), "examples": self.source, "before": before, "after": after,
-                f"{task.headline}_drop": worse if task.headline_direction() == "max" else -worse}
+        return {**section, f"{task.headline}_drop": worse if task.headline_direction() == "max" else -worse}
 
 
 def _recorded_test_split(run_dir: Path, parent: FineTuned, warn: bool) -> list[Example]:

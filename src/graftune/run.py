@@ -501,8 +501,9 @@ class Run:
         self.console.print(f"test {task.summary(test)}; best epoch {state.best_epoch}")
         if self.original is not None:
             headline = self.original.parent.task.headline
-            self.console.print(f"task A ({self.original.folder}): {headline} {scores['original'][headline]:.4f} "
-                               "after training on this task")
+            if headline in scores["original"]:
+                self.console.print(f"task A ({self.original.folder}): {headline} "
+                                   f"{scores['original'][headline]:.4f} after training on this task")
         self.console.print(f"run saved in {folder.path}")
         return RunResult(folder.path, test, state.best_epoch, state.epoch)
 

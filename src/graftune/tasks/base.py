@@ -88,8 +88,9 @@ class Task(ABC):
     metrics: ClassVar[dict[str, Literal["max", "min"]]]
     default_metric: ClassVar[str]
     # The test score that says most in one number (a key of `test_results`; its direction is that of
-    # "val_" + it in `metrics`): what forgetting compares and what a run prints of a task it came from.
-    headline: ClassVar[str] = "loss"
+    # "val_" + it in `metrics`): what forgetting compares and what a run prints of a task it came from. None: the
+    # task names none, and forgetting shows its scores before and after without a drop.
+    headline: ClassVar[str | None] = None
     # What the body must give: features for a new head, or a language model's own next-token logits.
     needs: ClassVar[Literal["features", "logits"]] = "features"
     default_strategy: ClassVar[str | None] = None  # strategy `auto` with nothing frozen; None: full
