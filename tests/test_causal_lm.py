@@ -54,6 +54,15 @@ def config(llama: Path, data: Path | str, **sections: dict[str, Any]) -> dict[st
 # --- batches ----------------------------------------------------------------------------------------------
 
 
+def test_position_ids_restart_with_every_document_in_every_row() -> None:
+    """Rows of several documents, then padding (segment -1): positions count from each document's start."""
+    blocks = [pack_documents([list(range(5)), list(range(3)), list(range(4))], block_size=64)[0],
+              pack_documents([list(range(2)), list(range(6))], block_size=64)[0]]
+    batch = collate_sequences(blocks, pad_id=0, ignore=IGNORE)
+    assert batch["inputs"]["position_ids"].tolist() == [[*range(5), *range(3), *range(4)],
+                                                        [*range(2), *range(6), *range(4)]]  # the pad counts on
+
+
 def test_a_packed_document_gives_the_logits_it_gives_alone(llama: Path) -> None:
     from transformers import AutoModelForCausalLM
 

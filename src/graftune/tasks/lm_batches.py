@@ -88,11 +88,8 @@ def _block_causal(segments: torch.Tensor) -> torch.Tensor:
 
 def _positions(segments: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 with every document."""
-    positions = torch.zeros_like(segments)
-    for row in range(segments.shape[0]):
-        start = 0
-        for t in range(1, segments.shape[1]):
-            if segments[row, t] != segments[row, t - 1]:
-                start = t
-            positions[row, t] = t - start
-    return positions
+    steps = torch.arange(segments.shape[1]).expand_as(segments)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    # each position minus where its document began: the latest start at or before it (a running maximum)
+    return steps - torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values
