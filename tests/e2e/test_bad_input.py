@@ -1289,6 +1289,17 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
              user / "child"], [str(run / "plots" / "confusion_matrix.png"), "symbolic link"])
 
 
+@case("links: tune continuing a study with a linked database")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    args = tune_args(user, kit)
+    study = user / "study"
+    study.mkdir()
+    (study / ".graftune-study").write_text("graftune study directory\n")
+    (user / "victim.db").write_bytes(b"the user's database")
+    (study / "study.db").symlink_to(user / "victim.db")
+    return args, [str(study / "study.db"), "symbolic link"]
+
+
 @case("overwrite: the user's notes inside plots/")
 def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
     run = copy(kit.image_run, user, "run")
