@@ -68,3 +68,30 @@ def test_runs_in_one_process_may_use_different_precisions(tmp_path: Path, monkey
         losses.append((row["train_loss"], row["val_loss"]))
     assert losses[0] == losses[2]
     assert losses[1] != losses[0] and losses[1] == pytest.approx(losses[0], rel=0.05)
+
+
+def test_inference_devices_are_checked_by_name() -> None:
+    from graftune.errors import UserError
+    from graftune.hardware import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="--device tpu0: not a device"):
+        resolve_device("tpu0")
+    with pytest.raises(UserError, match="--device meta: graftune runs inference on cpu or cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"--device cuda:1: this machine has 0 CUDA GPU\(s\).*--device cpu"):
+            resolve_device("cuda:1")
+
+
+def test_a_grafted_model_takes_its_inputs_to_its_own_device() -> None:
+    """predict encodes on the CPU; the model on another device (here `meta`, which every machine has) gets them
+    there instead of failing on a device mismatch."""
+    from torch import nn
+
+    from graftune.grafted import GraftedModel
+
+    model = GraftedModel(nn.Flatten(), nn.Linear(12, 2)).to("meta")
+    out = model({"input": torch.ones(3, 12)})
+    assert out.device.type == "meta" and out.shape == (3, 2)

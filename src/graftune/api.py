@@ -59,25 +59,27 @@ def range_test(config: str | Path | dict[str, Any] | Config, out: str | Path, ov
     return finding
 
 
-def load(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:
-    """Load a fine-tuned model from its run folder; `adapter=True` rebuilds a LoRA run from the
-    pre-trained body and its adapter instead of the merged weights."""
-    return load_model(run_dir, adapter, trust_code)
+def load(run_dir: str | Path, adapter: bool = False, trust_code: bool = False, device: str = "auto") -> FineTuned:
+    """Load a fine-tuned model from its run folder onto `device` (auto: the GPU when there is one), computing in
+    the run's precision; `adapter=True` rebuilds a LoRA run from the pre-trained body and its adapter instead of
+    the merged weights."""
+    return load_model(run_dir, adapter, trust_code, device)
 
 
 def predict(run_dir: str | Path, files: list[str] | None = None, texts: list[str] | None = None,
-            trust_code: bool = False) -> list[dict[str, Any]]:
+            trust_code: bool = False, device: str = "auto") -> list[dict[str, Any]]:
     """The task's prediction for image/text files and raw texts: a classifier's label and probabilities."""
-    fine_tuned = load_model(run_dir, trust_code=trust_code)
+    fine_tuned = load_model(run_dir, trust_code=trust_code, device=device)
     return fine_tuned.predict(fine_tuned.task.read_inputs(list(files or []), list(texts or [])))
 
 
 def evaluate(run_dir: str | Path, data: str | Path, input_column: str | None = None,
-             label_column: str | None = None, batch_size: int = 64, trust_code: bool = False) -> dict[str, Any]:
+             label_column: str | None = None, batch_size: int = 64, trust_code: bool = False,
+             device: str = "auto") -> dict[str, Any]:
     """Metrics of a saved run on new labelled data (class folders or CSV/JSONL). A table's columns are those the
     run trained with (its data.input_column and data.label_column) unless `input_column` / `label_column` say
     otherwise."""
-    fine_tuned = load_model(run_dir, trust_code=trust_code)
+    fine_tuned = load_model(run_dir, trust_code=trust_code, device=device)
     return fine_tuned.evaluate(fine_tuned.read_labelled(data, input_column, label_column), batch_size)
 
 

@@ -31,6 +31,7 @@ from graftune.data import record
 from graftune.data.readers import Example
 from graftune.errors import MissingColumn, UserError
 from graftune.grafted import GraftedModel
+from graftune.hardware import resolve_device
 from graftune.loaders import eval_batches, eval_loader
 from graftune.loop import evaluate
 from graftune.lora import ADAPTER_DIR, attach_adapter
@@ -78,6 +79,10 @@ class FineTuned:
     info: dict[str, Any]
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
     def precision(self) -> str:
         """The precision the run computed in ('no', 'bf16', 'fp16'): inference uses it too, so that `evaluate`
         reproduces the run's test metrics and `predict` its test predictions."""
@@ -88,7 +93,7 @@ class FineTuned:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def predict(self, inputs: Sequence[str] | Sequence[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
         """One result per input; for a classifier: its name and the input itself, the decided label, the argmax and
@@ -133,14 +138,18 @@ class FineTuned:
         items = self.task.items(examples, self.preprocess)
         batches = eval_batches(self.task, items, self.preprocess, batch_size)
         loader = eval_loader(items, self.task.collate(self.preprocess), batches)
-        with self.autocast():
-            return self.task.test_results(evaluate(self.model, loader, self.task.step, Accelerator(cpu=True)))
+        accelerator = Accelerator(cpu=self.device.type == "cpu")
+        with self.autocast():  # the batches go where the model is
+            return self.task.test_results(evaluate(self.model, accelerator.prepare_data_loader(loader),
+                                                   self.task.step, accelerator))
 
 
-def load_model(run_dir: str | Path, adapter: bool = False, trust_code: bool = False) -> FineTuned:
-    """A run's saved model; with `adapter`, the pre-trained body plus the run's LoRA adapter and head instead
-    of the merged weights. Code the model folder names (a `module:` source) is imported only with
-    `trust_code`."""
+def load_model(run_dir: str | Path, adapter: bool = False, trust_code: bool = False,
+               device: str = "auto") -> FineTuned:
+    """A run's saved model on `device` (auto: the GPU when there is one), computing in the run's precision;
+    with `adapter`, the pre-trained body plus the run's LoRA adapter and head instead of the merged weights.
+    Code the model folder names (a `module:` source) is imported only with `trust_code`."""
+    placed = resolve_device(device)  # refused before anything loads
     run = RunDir(run_dir).require()
     folder = run.model
     info = read_model_info(folder)
@@ -158,7 +167,7 @@ def load_model(run_dir: str | Path, adapter: bool = False, trust_code: bool = Fa
         backbone = rebuild_backbone(info, folder, trust_code)
         model = task.build_model(backbone)
         task.load_weights(model, folder)
-    model.eval()
+    model.to(placed).eval()
     return FineTuned(model, run_preprocess(backbone, settings), task, info)
 
 

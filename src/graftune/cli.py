@@ -25,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # A file or folder the user named cannot be written or read: their problem to fix, not a graftune bug.
 PATH_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
                errno.ENAMETOOLONG}
+DEVICE_HELP = "where the model runs: auto (the GPU when there is one), cpu, cuda or cuda:N"
 TRUST_HELP = "import Python code that the run folder names (a module: model); only for folders you trust"
 
 
@@ -247,11 +248,12 @@ def evaluate(
                                                                             "run's data.label_column)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print all metrics as JSON")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """Score a fine-tuned model on new labelled data."""
+    """Score a fine-tuned model on new labelled data, on the run's precision: its test data gives results.json."""
     from graftune.api import load
 
-    fine_tuned = load(run, trust_code=trust_code)
+    fine_tuned = load(run, trust_code=trust_code, device=device)
     metrics = fine_tuned.evaluate(fine_tuned.read_labelled(data, input_column, label_column))
     if json_output:
         typer.echo(json.dumps(metrics, indent=2))
@@ -269,11 +271,12 @@ def predict(
     json_output: Annotated[bool, typer.Option("--json", help="JSON lines: the input, the decided label, the argmax, "
                                                              "the decision rule, all probabilities")] = False,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """The model's prediction for each input: for a classifier, the label and its probability."""
     from graftune.api import load
 
-    fine_tuned = load(run, trust_code=trust_code)
+    fine_tuned = load(run, trust_code=trust_code, device=device)
     for result in fine_tuned.predict(fine_tuned.task.read_inputs(inputs or [], text or [])):
         typer.echo(json.dumps(result) if json_output else fine_tuned.task.format_prediction(result))
 
@@ -328,6 +331,7 @@ def generate(
     top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0)] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED)] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Generate text with a fine-tuned language model, streamed as it comes."""
     from graftune.api import load
@@ -336,7 +340,7 @@ def generate(
         raise UserError("--prompt: empty prompt.")
     if temperature is not None and 0 < temperature < MIN_TEMPERATURE:  # the scaled logits would overflow
         raise UserError(f"--temperature {temperature:g}: give 0 (greedy) or at least {MIN_TEMPERATURE:g}.")
-    fine_tuned = load(run, trust_code=trust_code)
+    fine_tuned = load(run, trust_code=trust_code, device=device)
     task = fine_tuned.task
     room = task.generation_room(fine_tuned.model, fine_tuned.preprocess, prompt)
     if room is not None:  # said with the flags' names, before the task's own check says it with its options'
@@ -363,6 +367,7 @@ def serve(
     request_timeout: Annotated[float, typer.Option("--request-timeout", help=(
         "seconds a client has to send its headers, and between two parts of its body (408 past it)"))] = 20.0,
     trust_code: Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Serve a fine-tuned run over HTTP: POST /predict (or /generate for a language model), API docs at /docs."""
     from graftune.serve import serve as serve_run
@@ -370,7 +375,7 @@ def serve(
     try:
         serve_run(run, host, port, workers, max_batch, max_wait_ms, max_body_mb, trust_code,
                   on_ready=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
-                  request_timeout=request_timeout)
+                  request_timeout=request_timeout, device=device)
     except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the usual way to stop
         console.print("stopped.")
 

@@ -37,6 +37,11 @@ class GraftedModel(nn.Module):
         return self.neck(self.body(**inputs), inputs)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        # Inputs made on the CPU (predict's encoder) follow the model to its device; a no-op in training, where
+        # Accelerate has placed the batch already.
+        for parameter in self.parameters():
+            inputs = {k: v.to(parameter.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            break
         if "features" in inputs:  # encodings from the feature cache: the frozen body already ran
             return self.head(inputs["features"])
         return self.head(self.encode(inputs))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from graftune.errors import UserError
+
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
@@ -27,6 +29,23 @@ def resolve_precision(choice: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    """Where inference runs: `auto` is the GPU when there is one, else the CPU; `cpu`, `cuda`, `cuda:N` as
+    given, refused by name when this machine has no such device."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError:
+        raise UserError(f"--device {choice}: not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {choice}: this machine has {torch.cuda.device_count()} CUDA GPU(s) visible to "
+                        f"torch {torch.__version__}. Use --device cpu, or auto.")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {choice}: graftune runs inference on cpu or cuda; use auto, cpu, cuda or cuda:N.")
+    return device
 
 
 def resolve_workers(choice: int | str, modality: str) -> int:

@@ -157,7 +157,7 @@ class Error(BaseModel):
 
 def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.0, max_body_mb: float = 16.0,
                trust_code: bool = False, fine_tuned: FineTuned | None = None,
-               request_timeout: float = REQUEST_TIMEOUT) -> FastAPI:
+               request_timeout: float = REQUEST_TIMEOUT, device: str = "auto") -> FastAPI:
     """The service of one run (loaded here unless `fine_tuned` is given). Raises UserError for a folder that
     is no finished run, or for settings that cannot work."""
     if max_batch < 1:
@@ -168,7 +168,7 @@ def create_app(run_dir: str | Path, max_batch: int = 32, max_wait_ms: float = 5.
         raise UserError(f"--max-body-mb {max_body_mb:g}: give a size above 0.")
     if not request_timeout > 0:
         raise UserError(f"--request-timeout {request_timeout:g}: give a number of seconds above 0.")
-    model = fine_tuned or load(run_dir, trust_code=trust_code)
+    model = fine_tuned or load(run_dir, trust_code=trust_code, device=device)
     task = model.task
     batcher: MicroBatcher[tuple[str, str], dict[str, Any]] = MicroBatcher(
         lambda items: model.predict(items, batch_size=len(items)), max_batch, max_wait_ms / 1000)
@@ -464,14 +464,16 @@ def app_from_environment() -> FastAPI:
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_batch: int = 32,
           max_wait_ms: float = 5.0, max_body_mb: float = 16.0, trust_code: bool = False,
-          on_ready: Callable[[str], None] | None = None, request_timeout: float = REQUEST_TIMEOUT) -> None:
+          on_ready: Callable[[str], None] | None = None, request_timeout: float = REQUEST_TIMEOUT,
+          device: str = "auto") -> None:
     """Serve the run until interrupted. The run is loaded and the address tried before uvicorn starts, so a
     folder that is no run or a port in use is a UserError, not a server that dies starting."""
     import uvicorn
 
     if workers < 1:
         raise UserError(f"--workers {workers}: give at least 1.")
-    app = create_app(run_dir, max_batch, max_wait_ms, max_body_mb, trust_code, request_timeout=request_timeout)
+    app = create_app(run_dir, max_batch, max_wait_ms, max_body_mb, trust_code, request_timeout=request_timeout,
+                     device=device)
     _check_address(host, port)
     # A class uvicorn builds each connection's protocol from (config= and the rest added), picklable by name
     # for worker processes; uvicorn types the option as a class, hence Any.
@@ -484,7 +486,8 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int
     del app  # each worker process loads its own model
     os.environ[ENVIRONMENT] = json.dumps({"run_dir": str(Path(run_dir).resolve()), "max_batch": max_batch,
                                           "max_wait_ms": max_wait_ms, "max_body_mb": max_body_mb,
-                                          "trust_code": trust_code, "request_timeout": request_timeout})
+                                          "trust_code": trust_code, "request_timeout": request_timeout,
+                                          "device": device})
     uvicorn.run("graftune.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="info", http=protocol)
 

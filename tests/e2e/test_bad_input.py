@@ -1577,6 +1577,12 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
         f"{table}:2: no column 'body'", "Set --input-column."]
 
 
+@case("predict: a device that is no device")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    return ["predict", copy(kit.text_run, user, "run"), "--text", "hello", "--device", "gpu0"], [
+        "--device gpu0: not a device", "auto, cpu, cuda or cuda:N"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 
