@@ -33,9 +33,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True, scope="session")
 def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Feature caches and converted models of test runs go to temporary folders, not the user's ~/.cache."""
+    """Feature caches of test runs go to a temporary folder, not the user's ~/.cache. Converted models (SmolLM2
+    dequantized from its GGUF file, a few minutes on 2 cores) are kept once per machine in a test cache of their
+    own, keyed by the source file's size and time as for users, so a second session does not convert again."""
     os.environ["GRAFTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
-    os.environ["GRAFTUNE_MODEL_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "graftune-tests" / "models"
+    os.environ.setdefault("GRAFTUNE_MODEL_CACHE", str(cache))
 
 
 @pytest.fixture(scope="session")
