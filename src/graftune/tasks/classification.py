@@ -33,21 +33,18 @@ from sklearn.metrics import (
 )
 from torch import nn
 
-from graftune.backbones.base import Backbone
-from graftune.config import Config, DataConfig
+from graftune.config import DataConfig
 from graftune.data.readers import Example, read_examples
 from graftune.data.splits import read_splits
 from graftune.errors import UserError
-from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
 from graftune.preprocessing import Preprocess
 from graftune.regularize import mixing_collate
-from graftune.tasks.base import Collate, Item, Prediction, Task, TaskData
+from graftune.tasks.base import Collate, Item, Prediction, TaskData
 from graftune.tasks.classification_report import classification_sections
-from graftune.tasks.heads import Pooling, build_head
+from graftune.tasks.pooled import TEXT_KEPT, PooledHead, in_split_order
 
-TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
 SNIPPET = 300  # characters of it the report shows
 
 
@@ -68,7 +65,7 @@ class LabelPrediction(Prediction):
     probabilities: dict[str, float]
 
 
-class Classification(Task):
+class Classification(PooledHead):
     """One label per input, from a fixed set of classes seen in training."""
 
     prediction_model = LabelPrediction
@@ -94,22 +91,12 @@ class Classification(Task):
         counts = Counter(e.label for e in splits.train)
         return TaskData(splits, {"labels": labels, "train_counts": [counts[label] for label in labels]})
 
-    @classmethod
-    def resolve(cls, cfg: Config, backbone: Backbone) -> Config:
-        """`head.pooling: auto` becomes the pooling the backbone was pre-trained with."""
-        pooling = backbone.default_pooling if cfg.head.pooling == "auto" else cfg.head.pooling
-        if pooling == "avgmax" and backbone.feature_rank == 2:
-            raise UserError(f"head.pooling=avgmax: {backbone.source} already gives one vector per example; "
-                            "use head.pooling=none (or cut earlier with head.cut_at).")
-        return cfg.updated({"head.pooling": pooling})
+    @property
+    def head_outputs(self) -> int:
+        return len(self.labels)
 
     def describe_schema(self) -> str:
         return f"{len(self.labels)} classes"
-
-    def build_model(self, backbone: Backbone) -> GraftedModel:
-        head_cfg = self.settings.head
-        head = build_head(head_cfg, backbone.feature_dim, len(self.labels), head_cfg.pooling)
-        return GraftedModel(backbone.body, head, Pooling(head_cfg.pooling), self.settings.freeze.batchnorm)
 
     def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
         index = {label: i for i, label in enumerate(self.labels)}
@@ -216,15 +203,15 @@ class Classification(Task):
     def test_predictions(self, evaluation: Evaluation, examples: list[Example]) -> list[dict[str, Any]] | None:
         """Per test example: where it came from, its input (a text, cut at TEXT_KEPT characters, or a file's
         path), the true and the predicted label (the argmax, as in the confusion matrix) and the probabilities."""
-        outputs, labels = evaluation.outputs, self.labels
-        rows: list[dict[str, Any]] = [{} for _ in examples]
-        for index, probs in zip(outputs.get("index", []), outputs.get("probs", []), strict=True):
-            example, best = examples[int(index)], int(np.argmax(probs))
-            rows[int(index)] = {
-                "where": example.where, "input": example.input[:TEXT_KEPT], "label": example.label,
-                "predicted": labels[best], "confidence": round(float(probs[best]), 6),
-                "probabilities": {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}}
-        return rows
+        labels = self.labels
+
+        def row(example: Example, probs: np.ndarray) -> dict[str, Any]:
+            best = int(np.argmax(probs))
+            return {"where": example.where, "input": example.input[:TEXT_KEPT], "label": example.label,
+                    "predicted": labels[best], "confidence": round(float(probs[best]), 6),
+                    "probabilities": {label: round(float(p), 6) for label, p in zip(labels, probs, strict=True)}}
+
+        return in_split_order(evaluation, examples, evaluation.outputs.get("probs", np.zeros((0, 0))), row)
 
     def output_meaning(self) -> tuple[str, dict[str, Any]] | None:
         """labels.json: the labels in output order (logit i is labels[i]); a two-class model's threshold on the
@@ -263,7 +250,6 @@ class Classification(Task):
                             f"(it knows {', '.join(self.labels)}).")
         return examples
 
-    @torch.inference_mode()
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
                 batch_size: int = 32) -> list[dict[str, Any]]:
         """One row per (name, input), as `graftune predict --json` prints it:
@@ -277,14 +263,8 @@ class Classification(Task):
                            label when its probability is at least T, else the first
             probabilities  every label's probability
         """
-        encode = self.encoder(preprocess)
-        model.eval()
-        results = []
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
-            probs = model(encode([value for _, value in chunk])).float().softmax(-1).tolist()
-            results += [self._prediction(name, value, row) for (name, value), row in zip(chunk, probs, strict=True)]
-        return results
+        return [self._prediction(name, value, logits.softmax(-1).tolist())
+                for name, value, logits in self.outputs(model, preprocess, inputs, batch_size)]
 
     def _prediction(self, name: str, value: str, probs: list[float]) -> dict[str, Any]:
         argmax = max(range(len(probs)), key=probs.__getitem__)

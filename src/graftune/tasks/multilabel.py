@@ -27,19 +27,15 @@ from pydantic import Field
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, precision_recall_fscore_support
 from torch import nn
 
-from graftune.backbones.base import Backbone
-from graftune.config import Config, DataConfig
+from graftune.config import DataConfig
 from graftune.data.readers import Example, label_list, read_examples
 from graftune.data.splits import Splits, read_splits
 from graftune.errors import UserError
-from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
 from graftune.preprocessing import Preprocess
-from graftune.tasks.base import Item, Prediction, Task, TaskData
-from graftune.tasks.heads import Pooling, build_head
-
-TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
+from graftune.tasks.base import Item, Prediction, TaskData
+from graftune.tasks.pooled import TEXT_KEPT, PooledHead, in_split_order
 
 
 class LabelsPrediction(Prediction):
@@ -49,7 +45,7 @@ class LabelsPrediction(Prediction):
     probabilities: dict[str, float]
 
 
-class MultiLabel(Task):
+class MultiLabel(PooledHead):
     """Any number of labels per input; see the module docstring."""
 
     prediction_model = LabelsPrediction
@@ -83,18 +79,12 @@ class MultiLabel(Task):
         return TaskData(splits, {"labels": labels, "train_counts": [counts[label] for label in labels],
                                  "train_examples": len(splits.train)})
 
-    @classmethod
-    def resolve(cls, cfg: Config, backbone: Backbone) -> Config:
-        pooling = backbone.default_pooling if cfg.head.pooling == "auto" else cfg.head.pooling
-        return cfg.updated({"head.pooling": pooling})
+    @property
+    def head_outputs(self) -> int:
+        return len(self.labels)
 
     def describe_schema(self) -> str:
         return f"{len(self.labels)} labels, any number per example"
-
-    def build_model(self, backbone: Backbone) -> GraftedModel:
-        head_cfg = self.settings.head
-        head = build_head(head_cfg, backbone.feature_dim, len(self.labels), head_cfg.pooling)
-        return GraftedModel(backbone.body, head, Pooling(head_cfg.pooling), self.settings.freeze.batchnorm)
 
     def _indicator(self, label: str) -> list[float]:
         present = set(json.loads(label))
@@ -170,16 +160,12 @@ class MultiLabel(Task):
         return [label for label, p, t in zip(self.labels, probs, self.thresholds, strict=True) if p >= t]
 
     def test_predictions(self, evaluation: Evaluation, examples: list[Example]) -> list[dict[str, Any]] | None:
-        truth, probs = self._truth(evaluation)
-        order = evaluation.outputs.get("index", np.arange(len(truth)))
-        rows: list[dict[str, Any] | None] = [None] * len(examples)
-        for index, row in zip(order, probs.tolist(), strict=True):
-            example = examples[int(index)]
-            probabilities = {label: round(p, 6) for label, p in zip(self.labels, row, strict=True)}
-            rows[int(index)] = {"where": example.where, "input": example.input[:TEXT_KEPT],
-                                "labels": json.loads(example.label), "predicted": self._decided(row),
-                                "probabilities": probabilities}
-        return [row for row in rows if row is not None]
+        def row(example: Example, probs: np.ndarray) -> dict[str, Any]:
+            return {"where": example.where, "input": example.input[:TEXT_KEPT], "labels": json.loads(example.label),
+                    "predicted": self._decided(probs.tolist()),
+                    "probabilities": {label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)}}
+
+        return in_split_order(evaluation, examples, self._truth(evaluation)[1], row)
 
     def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
                         plots: Callable[[str], bytes | None], read_inputs: bool) -> list[Section]:
@@ -210,19 +196,14 @@ class MultiLabel(Task):
         _check_known(Splits([], [], examples), set(self.labels), "the training data of this model")
         return examples
 
-    @torch.inference_mode()
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
                 batch_size: int = 32) -> list[dict[str, Any]]:
         """Per input: every label over its threshold, and every label's probability."""
-        encode = self.encoder(preprocess)
-        model.eval()
         results = []
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
-            probs = model(encode([value for _, value in chunk])).float().sigmoid()
-            for (name, value), row in zip(chunk, probs.tolist(), strict=True):
-                results.append({**self.echoed(name, value), "labels": self._decided(row),
-                                "probabilities": dict(zip(self.labels, row, strict=True))})
+        for name, value, logits in self.outputs(model, preprocess, inputs, batch_size):
+            probs = logits.sigmoid().tolist()
+            results.append({**self.echoed(name, value), "labels": self._decided(probs),
+                            "probabilities": dict(zip(self.labels, probs, strict=True))})
         return results
 
     def format_prediction(self, result: dict[str, Any]) -> str:

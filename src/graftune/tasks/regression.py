@@ -23,19 +23,16 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from torch import nn
 
-from graftune.backbones.base import Backbone
-from graftune.config import Config, DataConfig
+from graftune.config import DataConfig
 from graftune.data.readers import Example, number_label, read_examples
 from graftune.data.splits import read_splits
 from graftune.errors import UserError
-from graftune.grafted import GraftedModel
 from graftune.loop import Batch, Evaluation, Step
 from graftune.pages import Section
 from graftune.preprocessing import Preprocess
-from graftune.tasks.base import Item, Prediction, Task, TaskData
-from graftune.tasks.heads import Pooling, build_head
+from graftune.tasks.base import Item, Prediction, TaskData
+from graftune.tasks.pooled import TEXT_KEPT, PooledHead, in_split_order
 
-TEXT_KEPT = 2000  # characters of a test text kept in test_predictions.jsonl
 WORST = 8  # largest errors the report lists
 
 
@@ -45,7 +42,7 @@ class ValuePrediction(Prediction):
     value: float
 
 
-class Regression(Task):
+class Regression(PooledHead):
     """A number per input; see the module docstring."""
 
     prediction_model = ValuePrediction
@@ -77,19 +74,10 @@ class Regression(Task):
         return TaskData(splits, {"target": data.label_column, "mean": float(targets.mean()), "std": std,
                                  "train_count": len(targets)})
 
-    @classmethod
-    def resolve(cls, cfg: Config, backbone: Backbone) -> Config:
-        """`head.pooling: auto` becomes the pooling the backbone was pre-trained with."""
-        pooling = backbone.default_pooling if cfg.head.pooling == "auto" else cfg.head.pooling
-        return cfg.updated({"head.pooling": pooling})
+    head_outputs = 1
 
     def describe_schema(self) -> str:
         return f"target '{self.schema['target']}' (mean {self.mean:.4g}, std {self.std:.4g} in training)"
-
-    def build_model(self, backbone: Backbone) -> GraftedModel:
-        head_cfg = self.settings.head
-        head = build_head(head_cfg, backbone.feature_dim, 1, head_cfg.pooling)
-        return GraftedModel(backbone.body, head, Pooling(head_cfg.pooling), self.settings.freeze.batchnorm)
 
     def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
         return [(e.input, (float(e.label) - self.mean) / self.std) for e in examples]
@@ -128,15 +116,12 @@ class Regression(Task):
     def test_predictions(self, evaluation: Evaluation, examples: list[Example]) -> list[dict[str, Any]] | None:
         """Per test example: where it came from, its input (a text, cut at TEXT_KEPT characters, or a file's
         path), the true and the predicted value and the error (predicted - true)."""
-        true, predicted = self._units(evaluation)
-        order = evaluation.outputs.get("index", np.arange(len(true)))
-        rows: list[dict[str, Any] | None] = [None] * len(examples)
-        for index, value, guess in zip(order, true, predicted, strict=True):
-            example = examples[int(index)]
-            rows[int(index)] = {"where": example.where, "input": example.input[:TEXT_KEPT],
-                                "target": float(value), "predicted": round(float(guess), 6),
-                                "error": round(float(guess - value), 6)}
-        return [row for row in rows if row is not None]
+        def row(example: Example, pair: np.ndarray) -> dict[str, Any]:
+            value, guess = float(pair[0]), float(pair[1])
+            return {"where": example.where, "input": example.input[:TEXT_KEPT], "target": value,
+                    "predicted": round(guess, 6), "error": round(guess - value, 6)}
+
+        return in_split_order(evaluation, examples, np.stack(self._units(evaluation), axis=1), row)
 
     def report_sections(self, results: dict[str, Any], predictions: list[dict[str, Any]],
                         plots: Callable[[str], bytes | None], read_inputs: bool) -> list[Section]:
@@ -161,19 +146,11 @@ class Regression(Task):
         return read_examples(path, self.modality, "auto", input_column, label_column, self.settings.data.encoding,
                              label_of=number_label)
 
-    @torch.inference_mode()
     def predict(self, model: nn.Module, preprocess: Preprocess, inputs: list[tuple[str, str]],
                 batch_size: int = 32) -> list[dict[str, Any]]:
         """One row per input: its name, the input (text or file) and the predicted value in the target's units."""
-        encode = self.encoder(preprocess)
-        model.eval()
-        results = []
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
-            values = model(encode([value for _, value in chunk])).float().squeeze(-1) * self.std + self.mean
-            results += [{**self.echoed(name, value), "value": float(v)}
-                        for (name, value), v in zip(chunk, values.tolist(), strict=True)]
-        return results
+        return [{**self.echoed(name, value), "value": float(output[0]) * self.std + self.mean}
+                for name, value, output in self.outputs(model, preprocess, inputs, batch_size)]
 
     def format_prediction(self, result: dict[str, Any]) -> str:
         return f"{result['input']}\t{result['value']:.6g}"
