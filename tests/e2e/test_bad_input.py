@@ -1583,6 +1583,21 @@ def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
         "--device gpu0: not a device", "auto, cpu, cuda or cuda:N"]
 
 
+@case("links: serve a run with a linked weights file")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = planted(user, kit, "model/model.safetensors", source=kit.text_run)
+    return ["serve", run, "--port", "8765"], [str(run / "model" / "model.safetensors"), "symbolic link"]
+
+
+@case("links: generate from a run with a linked config")
+def _(user: Path, kit: Kit) -> tuple[list[Any], list[str]]:
+    run = lm_run(user, kit)
+    (user / "victim.txt").write_text("the user's own file\n")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(user / "victim.txt")
+    return ["generate", run, "--prompt", "hi"], [str(run / "config.yaml"), "symbolic link"]
+
+
 # --- the check ---------------------------------------------------------------------------------------------
 
 
