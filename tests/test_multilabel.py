@@ -169,3 +169,19 @@ def test_a_text_multilabel_model_exports_as_a_multi_label_transformers_classifie
     expected = torch.tensor([[p["probabilities"][model.config.id2label[i]] for i in range(3)] for p in predicted])
     assert torch.allclose(probs, expected, atol=1e-5)
     assert json.loads((done.folder / "labels.json").read_text())["rule"] == "sigmoid(output[i]) >= thresholds[i]"
+
+
+@pytest.mark.parametrize("probe", ["exact", "sgd"])
+def test_a_linear_probe_on_cached_features_learns_the_labels(probe: str, tmp_path: Path) -> None:
+    """Head-only training reads its targets from the feature cache (and the exact probe solves on them): label
+    vectors must stack there as they do in live batches."""
+    train, test = patches_table(tmp_path / "train", 48, 0), patches_table(tmp_path / "test", 16, 1)
+    config = {"task": "image-multilabel", "model": {"source": "module:helpers:tiny_cnn"},
+              "strategy": {"name": "linear-probe", "probe": probe},
+              "data": {"train": str(train), "test": str(test), "label_column": "tags", "image_size": 16,
+                       "augment": False},
+              "train": {"epochs": 2, "batch_size": 8, "progress": False}}
+    result = graftune.train(config, out=tmp_path / "run", console=Console(quiet=True))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["cached_features"] for row in rows) and set(result.test["per_label"]) == set(COLOURS)
+    assert result.test["examples"] == 16 and len(result.test["thresholds"]) == 3

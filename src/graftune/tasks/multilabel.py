@@ -86,21 +86,14 @@ class MultiLabel(PooledHead):
     def describe_schema(self) -> str:
         return f"{len(self.labels)} labels, any number per example"
 
-    def _indicator(self, label: str) -> list[float]:
+    def _indicator(self, label: str) -> torch.Tensor:
+        """The 0/1 vector of an example's labels: a tensor, so every collate (live batches, the feature cache,
+        the exact probe) stacks targets into one (N, labels) tensor."""
         present = set(json.loads(label))
-        return [1.0 if name in present else 0.0 for name in self.labels]
+        return torch.tensor([1.0 if name in present else 0.0 for name in self.labels])
 
     def items(self, examples: list[Example], preprocess: Preprocess) -> list[Item]:
         return [(e.input, self._indicator(e.label)) for e in examples]
-
-    def collate(self, preprocess: Preprocess, augment: bool = False) -> Callable[[list[Item]], Batch]:
-        encode = self.encoder(preprocess, augment)
-
-        def collate(items: list[Item]) -> Batch:
-            return {"inputs": encode([x for x, _ in items]),
-                    "targets": torch.tensor([t for _, t in items], dtype=torch.float32)}
-
-        return collate
 
     def positive_weights(self) -> torch.Tensor | None:
         """Per label, negatives / positives in training with `train.class_weights: balanced`; None otherwise."""
