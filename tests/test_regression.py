@@ -168,3 +168,16 @@ def test_serve_answers_numbers(regression_run: tuple[Path, Path]) -> None:
     assert row["file"] == "0.png" and row["value"] == pytest.approx(model.predict([str(image)])[0]["value"])
     assert client.get("/metadata").json()["endpoints"] == ["/predict"]
     assert "ValuePrediction" in client.get("/openapi.json").json()["components"]["schemas"]
+
+
+def test_augmentation_is_off_by_default_for_a_number(tmp_path: Path) -> None:
+    """`data.augment: auto`: a flip changes an angle's sign and a crop a count, so regression trains on the images
+    as they are unless asked; classification keeps its crops and flips."""
+    import yaml
+
+    train = brightness_table(tmp_path / "train", 24, 0)
+    config = {"model": {"source": "module:helpers:tiny_cnn"},
+              "data": {"train": str(train), "label_column": "brightness", "image_size": 16},
+              "train": {"epochs": 1, "batch_size": 8, "progress": False}}
+    graftune.train({**config, "task": "image-regression"}, out=tmp_path / "run", console=Console(quiet=True))
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["augment"] is False

@@ -104,8 +104,10 @@ class DataConfig(Section):
     split: SplitConfig = SplitConfig()
     max_length: int = Field(256, gt=0, description="token limit for text backbones")
     image_size: int | None = Field(None, gt=0, description="input size; default: the backbone's own")
-    augment: bool = Field(True, description="random resized crop + horizontal flip on training images; for video, "
-                                            "one crop per clip and temporal jitter (see video.flip)")
+    augment: bool | Literal["auto"] = Field(
+        "auto", description="random resized crop + horizontal flip on training images; for video, one crop per clip "
+                            "and temporal jitter (see video.flip); auto: on, but off for regression, whose target a "
+                            "flip or a crop can change (an angle, a position, a count)")
     skip_unreadable: bool = Field(False, description="leave out image and video files that do not decode (counted "
                                                      "in a warning) instead of stopping before training")
     group_by_length: bool = Field(True, description="text: training batches of similar lengths (shuffled "

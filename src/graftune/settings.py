@@ -75,6 +75,7 @@ def resolve_settings(cfg: Config, backbone: Backbone, task: type[Task], found: F
         "train.mixed_precision": resolve_precision(cfg.train.mixed_precision),
         "train.num_workers": resolve_workers(cfg.train.num_workers, backbone.modality),
         "train.early_stopping.metric": monitored_metric(cfg, task),
+        "data.augment": task.default_augment if cfg.data.augment == "auto" else cfg.data.augment,
     }
     if isinstance(backbone.preprocess, ImagePreprocess):
         values["data.image_size"] = backbone.preprocess.size

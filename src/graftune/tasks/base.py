@@ -102,6 +102,8 @@ class Task(ABC):
     # A text model's Transformers `problem_type` for `export --format hf` (single_label_classification,
     # multi_label_classification), when a Transformers head computes what the task's head does; None: no hf export.
     hf_problem_type: ClassVar[str | None] = None
+    # What `data.augment: auto` becomes: random crops and flips keep a class, but may change a number.
+    default_augment: ClassVar[bool] = True
     # `graftune plan` scores candidates by how well their frozen features separate the task's classes.
     plannable: ClassVar[bool] = False
     # One `predict` row's shape (the /predict response of `graftune serve`); None: the task does not predict.
@@ -159,7 +161,7 @@ class Task(ABC):
     @property
     def augment(self) -> bool:
         """Whether training inputs are random views (image crops and flips, clip jitter), new every epoch."""
-        return self.settings.data.augment and self.modality in ("image", "video")
+        return self.settings.data.augment is True and self.modality in ("image", "video")
 
     @property
     def mixes_inputs(self) -> bool:

@@ -75,6 +75,7 @@ class Regression(PooledHead):
                                  "train_count": len(targets)})
 
     head_outputs = 1
+    default_augment = False  # a flip turns an angle of +a into -a, a crop changes a count: the target may move
 
     def describe_schema(self) -> str:
         return f"target '{self.schema['target']}' (mean {self.mean:.4g}, std {self.std:.4g} in training)"
