@@ -122,6 +122,21 @@ def test_validation_picks_the_l2_strength_and_its_weights_stay() -> None:
                                            abs=1e-5)
 
 
+def test_when_the_strongest_strength_wins_the_grid_goes_on_upward() -> None:
+    """Labels that the features do not carry (pure noise): validation prefers ever stronger L2, so the probe goes
+    past its grid's strongest end, and stops where validation stops improving or at MAX_L2."""
+    from graftune.probe import MAX_L2
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 40, generator=generator), torch.arange(60) % 3
+    val = [{"inputs": {"features": torch.randn(90, 40, generator=generator)}, "targets": torch.arange(90) % 3}]
+    probe = ExactProbe(cross_entropy_step, accuracy, "val_loss", "min", FakeAccelerator(), grid=(1.0, 1e-2))
+    _, details = probe.solve(HeadModel(40, 3), x.unsqueeze(0), y.tolist(), val)
+    tried = [row["l2"] for row in details["probe_tried"]]
+    assert tried[:3] == [1.0, 1 / 60, 1e-2] and tried[3] == 10.0 and max(tried) <= MAX_L2
+    assert details["probe_l2"] > 1.0  # noise: the flattest head predicts held-out data best
+
+
 def image_config(folder: Path, cache_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "task": "image-classification", "model": {"source": "module:helpers:tiny_cnn"},

@@ -10,7 +10,9 @@ whole cached training set minimises
 for each L2 strength of a grid, from the strongest down (each solve starts from the last), and keeps the
 strength whose head scores best on validation by the run's monitored metric (ties: the strongest, as
 scikit-learn's LogisticRegressionCV breaks them). The grid spans 1e-6..1 and includes 1 / n, the
-strength of scikit-learn's default `C=1`, so the probe tries what `LogisticRegression()` would fit.
+strength of scikit-learn's default `C=1`, so the probe tries what `LogisticRegression()` would fit. When its
+strongest end wins (features that carry the target weakly: a ridge regression wants more), it goes on
+upward by tens, to 1e4 at most, while validation keeps improving.
 `strategy.probe: sgd` keeps the epoch-by-epoch head.
 
     >>> probe = ExactProbe(task.step, task.validation_metrics, monitor, accelerator)
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from graftune.tasks.base import Task
 
 L2_GRID = tuple(10.0 ** k for k in range(0, -7, -1))  # strongest first: each solve warm-starts the next
+MAX_L2 = 1e4  # the grid goes on upward from its strongest end, while that end wins, to at most this
 MAX_ITERATIONS = 300
 # On the gradient of the mean loss (max over coordinates); scikit-learn's lbfgs stops at 1e-4 by default.
 GRADIENT_TOLERANCE = 1e-6
@@ -174,19 +177,32 @@ class ExactProbe:
                  "targets": default_collate(list(targets) * features.shape[0]).to(device)}
         solver, standardized = standardized_solver(head, batch["inputs"]["features"])
         grid = sorted({*self.grid, 1.0 / len(batch["targets"])}, reverse=True)
-        tried, best, best_state = [], None, None
-        for l2 in grid:
+        tried: list[dict[str, Any]] = []
+        best: tuple[float, float] | None = None
+        best_state: dict[str, torch.Tensor] | None = None
+
+        def attempt(l2: float) -> None:
+            nonlocal best, best_state
             iterations = _minimize(solver, standardized, self.step, batch, l2)
             target.load_state_dict({name: value.to(target.weight.dtype)
                                     for name, value in standardized.exported().items()})
-            evaluation = evaluate(model, val_loader, self.step, self.accelerator)
-            scores = self.validation_metrics(evaluation)
+            scores = self.validation_metrics(evaluate(model, val_loader, self.step, self.accelerator))
             tried.append({"l2": l2, "iterations": iterations, self.metric: scores[self.metric],
                           "val_loss": scores["val_loss"]})
             rank = scores[self.metric] if self.mode == "max" else -scores[self.metric]
-            if best is None or rank > best[0]:  # strict: among equals the strongest (first) strength stays
+            # strict: among equals the first tried stays (downward the strongest, upward the weaker)
+            if best is None or rank > best[0]:
                 best = (rank, l2)
                 best_state = {name: value.detach().clone() for name, value in target.state_dict().items()}
+
+        for l2 in grid:
+            attempt(l2)
+        # The strongest strength won: the features carry little (ridge regression on a weakly encoded target),
+        # so go on upward while validation keeps improving, as RidgeCV's grid would.
+        strength = grid[0]
+        while best is not None and best[1] == strength and strength < MAX_L2:
+            strength *= 10
+            attempt(strength)
         assert best is not None and best_state is not None
         target.load_state_dict(best_state)
         with torch.no_grad():
