@@ -279,7 +279,8 @@ METRICS = {"rotation": (("rmse", "min"), ("mae", "min"), ("r2", "max"), ("pearso
            "digests": (("micro_f1", "max"), ("macro_f1", "max"), ("map", "max"), ("subset_accuracy", "max"))}
 
 
-def run_task(task: str, out: Path, quick: bool) -> tuple[list[dict[str, Any]], list[str]]:
+def run_task(task: str, out: Path, quick: bool, only_rows: list[str] | None = None) -> \
+        tuple[list[dict[str, Any]], list[str]]:
     root, cache = out / "data" / task, out / "cache"
     if not (root / "done").is_file():
         (build_rotation if task == "rotation" else build_digests)(root, quick)
@@ -295,6 +296,8 @@ def run_task(task: str, out: Path, quick: bool) -> tuple[list[dict[str, Any]], l
         runs["linear-probe, cache off"] = {**uncached, "cache": {"features": False}}
     rows, failed = [], []
     for name, cfg in runs.items():
+        if only_rows and name not in only_rows:
+            continue
         try:
             rows.append(graftune_row(cfg, out / task, name))
         except Exception as error:  # a row that fails is reported, the others still run
@@ -341,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out/sklearn_tasks"))
     parser.add_argument("--only", choices=TASKS)
     parser.add_argument("--quick", action="store_true", help="tiny subsets, one epoch: a smoke check")
+    parser.add_argument("--rows", help="only these graftune rows, comma-separated (exact, defaults, ...); the "
+                                       "scikit-learn rows always run (seconds)")
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -348,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, checks, failed = [], [], []
     for task in [args.only] if args.only else list(TASKS):
         print(f"== {task}", flush=True)
-        task_rows, task_failed = run_task(task, out, args.quick)
+        task_rows, task_failed = run_task(task, out, args.quick, args.rows.split(",") if args.rows else None)
         rows += task_rows
         failed += task_failed
         checks += checks_of(task, task_rows)
