@@ -125,3 +125,16 @@ def test_replacing_a_folder_keeps_what_the_manifest_does_not_name(tmp_path: Path
     run.files.replace_folder(staged, run.model)
     assert (run.model / "model.safetensors").read_bytes() == b"two" and run.foreign_files() == []
     assert [p.name for p in run.path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_relative_folder_takes_absolute_paths_inside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out runs/x` is relative, the temporary folders Python makes may be absolute (3.12's mkdtemp): the
+    manifest records both the same way."""
+    monkeypatch.chdir(tmp_path)
+    run = RunDir("runs/x")
+    run.adopt(run.stage(overwrite=False))
+    folder = run.files.temporary_folder(tmp_path / "runs" / "x", "model")  # absolute
+    (folder / "w.bin").write_bytes(b"w")
+    run.files.replace_folder(folder, run.model)
+    run.write_text(run.config, "task: x\n")
+    assert run.foreign_files() == [] and (run.model / "w.bin").read_bytes() == b"w"

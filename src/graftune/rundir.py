@@ -203,7 +203,7 @@ def _export_files(files: Confined, record: Path) -> set[str]:
     """The files an export's export.json says it wrote, relative to the run folder (none when it is damaged)."""
     try:
         names = json.loads(files.read_text(record))["files"]
-        folder = record.parent.relative_to(files.root).as_posix()
+        folder = files.relative(record.parent)
         return {f"{folder}/{name}" for name in names if isinstance(name, str)} | {f"{folder}/{EXPORT_RECORD}"}
     except (OSError, ValueError, KeyError, TypeError, UserError):
         return set()

@@ -33,19 +33,24 @@ class Confined:
     def __init__(self, root: str | Path, what: str = "run folder", manifest: str | None = None) -> None:
         self.root, self.what = Path(root), what
         self.manifest = self.root / manifest if manifest else None
+        self._absolute = Path(os.path.abspath(self.root))  # paths compare as absolute ones, '..' resolved
+
+    def relative(self, path: str | Path) -> str:
+        """`path` relative to the folder (POSIX form); ValueError when it lies outside."""
+        return Path(os.path.abspath(path)).relative_to(self._absolute).as_posix()
 
     # --- checks ------------------------------------------------------------------------------------------
 
     def check(self, path: str | Path) -> Path:
         """`path`, after checking that it lies below the folder and that no part of it that exists is a link."""
         path = Path(path)
+        if ".." in path.parts:
+            raise UserError(f"{path}: leaves the {self.what} {self.root} through '..'; refused.")
         try:
-            parts = path.relative_to(self.root).parts
+            parts = Path(self.relative(path)).parts
         except ValueError:
             raise UserError(f"{path}: outside the {self.what} {self.root}; graftune writes only inside it.") from None
-        if ".." in parts:
-            raise UserError(f"{path}: leaves the {self.what} {self.root} through '..'; refused.")
-        current = self.root
+        current = self._absolute
         for part in parts:
             current = current / part
             if current.is_symlink():
@@ -174,24 +179,20 @@ class Confined:
 
     def record(self, path: Path, whole: bool = False) -> None:
         """Add `path` to the manifest (a folder with `whole`: everything in it is graftune's)."""
-        if self.manifest is None or path == self.manifest:
-            return
-        line = path.relative_to(self.root).as_posix() + (WHOLE if whole else "") + "\n"
-        self.check(self.manifest)
-        descriptor = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        if self.manifest is not None and path != self.manifest:
+            self._append([self.relative(path) + (WHOLE if whole else "")])
 
     def adopt(self, folder: Path) -> None:
         """Record every file in `folder`, which graftune (or a library it called) has just written whole."""
-        if self.manifest is None:
-            return
-        lines = "".join(path.relative_to(self.root).as_posix() + "\n"
-                        for path in Confined(folder, self.what).walk() if not path.is_symlink())
+        if self.manifest is not None:
+            self._append([self.relative(path) for path in Confined(folder, self.what).walk() if not path.is_symlink()])
+
+    def _append(self, lines: list[str]) -> None:
+        assert self.manifest is not None
         self.check(self.manifest)
         descriptor = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
-            handle.write(lines)
+            handle.write("".join(line + "\n" for line in lines))
 
     def recorded(self) -> tuple[set[str], set[str]]:
         """(files, whole folders) the manifest names, as paths relative to the folder."""
@@ -207,7 +208,7 @@ class Confined:
         files, wholes = self.recorded()
         found = []
         for path in Confined(below or self.root, self.what).walk():
-            name = path.relative_to(self.root).as_posix()
+            name = self.relative(path)
             if path.is_symlink():  # never graftune's, whatever name it has
                 found.append(name)
                 continue
@@ -220,12 +221,12 @@ class Confined:
 
     def remove(self, path: str | Path) -> bool:
         """Delete `path` when it is graftune's (a recorded file, a recorded whole folder, or a folder every file of
-        which is recorded); True when removed. A link is removed itself, never followed."""
+        which is recorded); True when removed. A link is neither removed nor followed."""
         path = Path(path)
         if path.is_symlink() or not path.exists():
             return False
         self.check(path)
-        relative = path.relative_to(self.root).as_posix()
+        relative = self.relative(path)
         if self.manifest is not None:
             files, wholes = self.recorded()
             owned = relative in files or relative in wholes or any(relative.startswith(w + "/") for w in wholes)
