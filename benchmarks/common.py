@@ -100,3 +100,27 @@ def write_bbc_splits(root: Path, pool_size: int, slices: Callable[[str], dict[st
     shutil.rmtree(pool)
     (root / "done").write_text("")
     return root
+
+
+def frozen_features(cfg: dict[str, Any]) -> tuple[dict[str, tuple[Any, Any]], Any]:
+    """(per split, the frozen body's pooled encodings (float64, examples x features) as graftune's run computes
+    them, read through its feature cache (a run of `cfg` stored train and val), and the items' targets stacked
+    (class indices, standardized values or 0/1 label vectors, as the task makes them); the run's task): what a
+    scikit-learn peer fits on, so both sides see the same features."""
+    import numpy as np
+    from rich.console import Console
+
+    from graftune.config import validate
+    from graftune.features import Split
+    from graftune.run import Run
+    from graftune.sampling import sorted_batches
+
+    run = Run.detached(validate(cfg), Console(stderr=True, quiet=True))
+    assert run.loaders.cache is not None
+    out = {}
+    for split, items in run.items.items():
+        lengths = run.task.lengths(items, run.preprocess)
+        batches = sorted_batches(lengths, run.settings.train.eval_batch_size, len(items))
+        encoded = run.loaders.cache.encodings(Split(items, batches))
+        out[split] = (encoded.numpy().astype(np.float64), np.stack([np.asarray(target) for _, target in items]))
+    return out, run.task

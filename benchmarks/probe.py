@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import close, print_aligned, print_checks, write_report
+from benchmarks.common import close, frozen_features, print_aligned, print_checks, write_report
 from benchmarks.foundation import build_bbc, build_fmnist
 
 TASKS = {
@@ -49,26 +49,6 @@ def config(task: str, root: Path, cache: Path, probe: str, epochs: int) -> dict[
             "train": {"epochs": epochs, "seed": 0, "progress": False, "early_stopping": {"patience": None},
                       **spec["train"]},
             "cache": {"dir": str(cache)}}
-
-
-def features(cfg: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The frozen body's pooled encodings of every split, as graftune's run computes them."""
-    from rich.console import Console
-
-    from graftune.config import validate
-    from graftune.features import Split
-    from graftune.run import Run
-    from graftune.sampling import sorted_batches
-
-    run = Run.detached(validate(cfg), Console(stderr=True, quiet=True))
-    assert run.loaders.cache is not None
-    out = {}
-    for split, items in run.items.items():  # through the feature cache: the runs above stored train and val
-        lengths = run.task.lengths(items, run.preprocess)
-        batches = sorted_batches(lengths, run.settings.train.eval_batch_size, len(items))
-        encoded = run.loaders.cache.encodings(Split(items, batches))
-        out[split] = (encoded.numpy().astype(np.float64), np.array([target for _, target in items]))
-    return out
 
 
 def sklearn_rows(split: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
@@ -118,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = args.out / "cache"
         task_rows = [graftune_row(config(task, root, cache, "exact", 10), args.out, "exact"),
                      graftune_row(config(task, root, cache, "sgd", 10), args.out, "sgd"),
-                     *sklearn_rows(features(config(task, root, cache, "exact", 10)))]
+                     *sklearn_rows(frozen_features(config(task, root, cache, "exact", 10))[0])]
         rows += [{"task": task, **row} for row in task_rows]
     print_aligned([("task", "method", "test accuracy", "L2 (1 / (C n))", "epochs", "seconds")] + [
         (r["task"], r["method"], f"{r['accuracy']:.4f}", f"{r['l2']:.1e}" if r["l2"] else "-",

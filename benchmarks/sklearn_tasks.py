@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import close, print_aligned, print_checks, write_report
+from benchmarks.common import close, frozen_features, print_aligned, print_checks, write_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -168,27 +168,12 @@ def graftune_row(cfg: dict[str, Any], out: Path, name: str) -> dict[str, Any]:
 
 
 def features(cfg: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The frozen body's pooled encodings of every split, as graftune's run computes them, and the targets
-    (regression: back in degrees; multi-label: the 0/1 indicator matrix, in the task's label order)."""
-    from rich.console import Console
-
-    from graftune.config import validate
-    from graftune.features import Split
-    from graftune.run import Run
-    from graftune.sampling import sorted_batches
-
-    run = Run.detached(validate(cfg), Console(stderr=True, quiet=True))
-    assert run.loaders.cache is not None
-    out = {}
-    for split, items in run.items.items():  # through the feature cache: the exact run stored train and val
-        lengths = run.task.lengths(items, run.preprocess)
-        batches = sorted_batches(lengths, run.settings.train.eval_batch_size, len(items))
-        encoded = run.loaders.cache.encodings(Split(items, batches))
-        targets = np.array([target for _, target in items], dtype=np.float64)
-        if cfg["task"].endswith("regression"):
-            targets = targets * run.task.std + run.task.mean
-        out[split] = (encoded.numpy().astype(np.float64), targets)
-    return out
+    """The frozen features of every split (benchmarks/common.py) and the targets: regression's back in degrees,
+    multi-label's the 0/1 indicator matrix in the task's label order."""
+    split, task = frozen_features(cfg)
+    if cfg["task"].endswith("regression"):
+        return {name: (x, y.astype(np.float64) * task.std + task.mean) for name, (x, y) in split.items()}
+    return {name: (x, y.astype(np.float64)) for name, (x, y) in split.items()}
 
 
 # ------------------------------------------------------------------------------------------- scikit-learn
