@@ -49,13 +49,14 @@ def read_splits(data: DataConfig, modality: Modality, label_of: LabelOf | None =
     test = read(paths["test"]) if paths["test"] else None
     warn_held_out_overlap(train, {"val": val, "test": test}, modality)
     seed, val_frac, test_frac = data.split.seed, data.split.val, data.split.test
+    split = stratified_split if classes else random_split
     if val is None and test is None:
-        splits = stratified_split(train, val_frac, test_frac, seed, classes)
+        splits = split(train, val_frac, test_frac, seed)
     elif val is None:
-        part = stratified_split(train, val_frac, 0.0, seed, classes)
+        part = split(train, val_frac, 0.0, seed)
         splits = Splits(part.train, part.val, test or [])
     elif test is None:
-        part = stratified_split(train, 0.0, test_frac, seed, classes)
+        part = split(train, 0.0, test_frac, seed)
         splits = Splits(part.train, val, part.test)
     else:
         splits = Splits(train, val, test)
@@ -98,11 +99,8 @@ def _content(example: Example, modality: Modality) -> tuple[str, str]:
         return example.label, hashlib.file_digest(handle, "blake2b").hexdigest()
 
 
-def stratified_split(examples: list[Example], val: float, test: float, seed: int, stratify: bool = True) -> Splits:
-    """Split so every class keeps its share in train, val and test (without `stratify`: a seeded random split,
-    for targets that are no classes)."""
-    if not stratify:
-        return _random_split(examples, val, test, seed)
+def stratified_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:
+    """Split so every class keeps its share in train, val and test."""
     counts = Counter(e.label for e in examples)
     needed = 1 + (val > 0) + (test > 0)
     for label, count in sorted(counts.items()):
@@ -121,7 +119,8 @@ def stratified_split(examples: list[Example], val: float, test: float, seed: int
     return Splits(train_part, val_part, test_part)
 
 
-def _random_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:
+def random_split(examples: list[Example], val: float, test: float, seed: int) -> Splits:
+    """A seeded random split, for targets that are no classes (a number, a set of labels)."""
     needed = 1 + (val > 0) + (test > 0)
     if len(examples) < max(needed, 2) or len(examples) * min(f for f in (val, test, 1.0) if f > 0) < 1:
         raise UserError(f"cannot split {len(examples)} examples into train/val/test by data.split.val {val} and "
